@@ -1,0 +1,41 @@
+"""The ``tiplight`` command: LightningCLI subcommands (fit, validate, ...) plus ``tiplight toy ...``."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+from tiplight.data import PromptDataModule
+from tiplight.module import DistillModule
+
+
+class TiplightCLI(LightningCLI):
+    """LightningCLI with tiplight's defaults: no automatic optimizer flags (the module owns them),
+    and one config file saved per run (overwritten on resume)."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs):
+        super().__init__(
+            DistillModule,
+            PromptDataModule,
+            subclass_mode_model=False,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["toy"]:
+        from tiplight import toy
+
+        raise SystemExit(toy.main(argv[1:]))
+    TiplightCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

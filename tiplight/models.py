@@ -1,0 +1,174 @@
+"""Loading teacher and student: HF id or local directory, dtype, LoRA (peft), 4/8-bit (bitsandbytes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """A LoRA adapter on the student (peft). ``target_modules``: names, or ``"all-linear"``."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"lora.r={self.r} is not allowed; use an integer >= 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout={self.dropout} is not allowed; use 0 <= dropout < 1.")
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """bitsandbytes weight quantization: ``bits`` 4 (``nf4`` or ``fp4``) or 8."""
+
+    bits: int = 4
+    quant_type: str = "nf4"
+    compute_dtype: str = "bfloat16"
+    double_quant: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"quantization.bits={self.bits} is not allowed; use 4 or 8.")
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"quantization.quant_type={self.quant_type!r} is not allowed; use 'nf4' or 'fp4'.")
+        check_dtype("quantization.compute_dtype", self.compute_dtype)
+
+    def to_config(self):  # -> transformers.BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig
+
+        if self.bits == 8:
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quant_type,
+            bnb_4bit_compute_dtype=DTYPES[self.compute_dtype],
+            bnb_4bit_use_double_quant=self.double_quant,
+        )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from and how it is loaded."""
+
+    path: str
+    dtype: str = "float32"
+    quantization: Quantization | None = None
+    attn_implementation: str | None = "sdpa"
+    revision: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def check_dtype(name: str, value: str) -> torch.dtype:
+    """The torch dtype called ``value``; a clear error naming the field otherwise."""
+    if value not in DTYPES:
+        raise ValueError(f"{name}={value!r} is not a supported dtype; allowed: {', '.join(DTYPES)}.")
+    return DTYPES[value]
+
+
+def _not_found(field_name: str, source: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"{field_name}={source!r} could not be loaded: it is not a local model directory and the Hugging Face "
+        f"hub did not provide it ({type(error).__name__}); give a directory with config.json or a hub id "
+        "reachable from this machine."
+    )
+
+
+def load_tokenizer(source: str, field_name: str = "model.tokenizer") -> PreTrainedTokenizerBase:
+    """A tokenizer from a hub id or directory; guarantees a pad token (falls back to EOS)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise _not_found(field_name, source, error) from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(source: ModelSource, field_name: str) -> nn.Module:
+    """An ``AutoModelForCausalLM`` from ``source`` (weights in ``source.dtype``, optionally quantized)."""
+    kwargs = dict(source.extra)
+    kwargs["dtype"] = check_dtype(f"{field_name}.dtype", source.dtype)
+    if source.attn_implementation:
+        kwargs["attn_implementation"] = source.attn_implementation
+    if source.quantization is not None:
+        kwargs["quantization_config"] = source.quantization.to_config()
+    try:
+        return AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
+    except (OSError, ValueError) as error:
+        if Path(source.path).is_dir() and (Path(source.path) / "config.json").exists():
+            raise
+        raise _not_found(field_name, source.path, error) from error
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no parameter requires grad: how the teacher is kept."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def add_lora(model: nn.Module, lora: LoRA, quantized: bool) -> nn.Module:
+    """Wrap ``model`` in a peft LoRA adapter (after k-bit preparation when quantized)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> None:
+    """Teacher and student must read the same token ids; otherwise one clear error at start-up."""
+    s_vocab, t_vocab = student.get_vocab(), teacher.get_vocab()
+    if s_vocab != t_vocab:
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:3]
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:3]
+        moved = sum(1 for k in s_vocab.keys() & t_vocab.keys() if s_vocab[k] != t_vocab[k])
+        raise ValueError(
+            "model.teacher and model.student use different tokenizers "
+            f"({len(s_vocab)} vs {len(t_vocab)} tokens, {moved} shared tokens with other ids, e.g. only the "
+            f"student has {only_s}, only the teacher has {only_t}); OPD needs one shared tokenizer."
+        )
+
+
+def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
+    """The tokenizer's vocabulary; padded embedding rows beyond it (151936 vs 152064) are sliced off."""
+    size = len(tokenizer)
+    for model in models:
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < size:
+            raise ValueError(
+                f"a model's output layer has {rows} rows but the tokenizer has {size} tokens; "
+                "the model and tokenizer do not belong together."
+            )
+    return size
+
+
+def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True) -> Path:
+    """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "peft_config") and merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,191 @@
+"""Student rollouts: sampling that is reproducible per rollout, and the completion mask.
+
+Sampling draws the Gumbel-max trick from a counter-based hash of (seed, rollout key, position, token),
+so a rollout depends only on its own key and never on the batch it shares, the number of ranks, or the
+global RNG. Runs therefore reproduce exactly, resume exactly, and give the same rollouts on 1 or N
+processes. The engine sits behind ``RolloutEngine`` so that a faster one (vLLM) can be plugged in.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the student samples. ``temperature = 0`` is greedy; ``top_k = 0`` and ``top_p = 1`` are off."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature={self.temperature} is not allowed; use >= 0 (0 is greedy).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p={self.top_p} is not allowed; use 0 < top_p <= 1.")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k={self.top_k} is not allowed; use >= 0 (0 is off).")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"sampling.max_new_tokens={self.max_new_tokens} is not allowed; use >= 1.")
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts with their sampled completions.
+
+    ``input_ids`` ``[R, P + C]``: left-padded prompts then completions; ``attention_mask`` the same shape;
+    ``completion_mask`` ``[R, C]``: True on generated tokens up to and including the first EOS.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    completion_mask: torch.Tensor
+    prompt_length: int
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        """``[R, C]`` generated token ids (pads after EOS)."""
+        return self.input_ids[:, self.prompt_length :]
+
+    def split(self, size: int) -> list[Rollout]:
+        """Micro-batches of at most ``size`` rollouts."""
+        return [
+            Rollout(ids, att, comp, self.prompt_length)
+            for ids, att, comp in zip(
+                self.input_ids.split(size), self.attention_mask.split(size), self.completion_mask.split(size)
+            )
+        ]
+
+
+def _fmix32(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _MASK32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seed: int, keys: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1) ``[R, V]`` that depend only on (seed, key of row, position, token id)."""
+    device = keys.device
+    h = _fmix32((keys.long() * 0x9E3779B1 + seed) & _MASK32)  # [R]
+    h = _fmix32((h * 0x85EBCA77 + position) & _MASK32)  # [R]
+    tokens = torch.arange(vocab, device=device, dtype=torch.long)  # [V]
+    h = _fmix32((h[:, None] ^ (tokens[None, :] * 0xC2B2AE3D & _MASK32)) & _MASK32)  # [R, V]
+    h = _fmix32((h + 0x27D4EB2F) & _MASK32)
+    return ((h >> 8).double() + 0.5) / float(1 << 24)
+
+
+def filter_logits(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Temperature, top-k and top-p applied to ``[R, V]`` scores; removed tokens get ``-inf``."""
+    scores = scores.float() / max(sampling.temperature, 1e-8)
+    if sampling.top_k and sampling.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, sampling.top_k, dim=-1).values[:, -1:]  # [R, 1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        probs = sorted_scores.softmax(-1)
+        # drop a token when the mass strictly before it already reaches top_p (the first token always stays)
+        drop_sorted = probs.cumsum(-1) - probs >= sampling.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores
+
+
+class CounterSampler(LogitsProcessor):
+    """Samples each row with the Gumbel-max trick on counter-based noise and leaves only that token.
+
+    Used with ``do_sample=False``: generate's argmax then picks the sampled token. Token ids at or above
+    ``vocab_size`` (padding rows of a padded embedding) are never produced.
+    """
+
+    def __init__(self, sampling: Sampling, seed: int, keys: torch.Tensor, prompt_length: int, vocab_size: int):
+        self.sampling, self.seed, self.keys = sampling, seed, keys
+        self.prompt_length, self.vocab_size = prompt_length, vocab_size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        out = torch.full_like(scores, float("-inf"))
+        scores = scores[:, : self.vocab_size]
+        if self.sampling.temperature == 0:
+            choice = scores.argmax(-1)
+        else:
+            position = input_ids.shape[1] - self.prompt_length
+            u = counter_uniform(self.seed, self.keys, position, scores.shape[-1])  # [R, V]
+            gumbel = -torch.log(-torch.log(u))
+            choice = (filter_logits(scores, self.sampling).double() + gumbel).argmax(-1)
+        return out.scatter(1, choice[:, None], 0.0)
+
+
+def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
+    """``[R, C]`` True up to and including the first EOS of each row (a row without EOS is all True)."""
+    eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=completion_ids.device))
+    eos_before = eos.long().cumsum(-1) - eos.long()  # EOS strictly before each position
+    return eos_before == 0
+
+
+class RolloutEngine(ABC):
+    """Produces completions for a batch of left-padded prompts. Swap in a faster engine by subclassing."""
+
+    @abstractmethod
+    def generate(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        sampling: Sampling,
+        seed: int,
+        keys: torch.Tensor,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        vocab_size: int,
+    ) -> Rollout:
+        """Sample one completion per row of ``input_ids`` ``[R, P]``; ``keys`` ``[R]`` name the rollouts."""
+
+
+class HFGenerate(RolloutEngine):
+    """Hugging Face ``generate`` with KV cache and counter-based sampling."""
+
+    def generate(
+        self,
+        model: torch.nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        sampling: Sampling,
+        seed: int,
+        keys: torch.Tensor,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        vocab_size: int,
+    ) -> Rollout:
+        prompt_length = input_ids.shape[1]
+        sampler = CounterSampler(sampling, seed, keys.to(input_ids.device), prompt_length, vocab_size)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=False,
+                max_new_tokens=sampling.max_new_tokens,
+                logits_processor=LogitsProcessorList([sampler]),
+                eos_token_id=eos_token_ids,
+                pad_token_id=pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        completion = out[:, prompt_length:]  # [R, C]
+        mask = completion_mask(completion, eos_token_ids)
+        completion = completion.masked_fill(~mask, pad_token_id)
+        full_attention = torch.cat([attention_mask, mask.long()], dim=1)
+        return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, prompt_length)
+
