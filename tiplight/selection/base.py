@@ -31,10 +31,10 @@ class Selector(ABC):
 
 
 _REGISTRY: dict[str, type[Selector]] = {}
-S = TypeVar("S", bound=type[Selector])
+SelectorClass = TypeVar("SelectorClass", bound=type[Selector])
 
 
-def register_selector(cls: S) -> S:
+def register_selector(cls: SelectorClass) -> SelectorClass:
     """Class decorator: make `cls` buildable by its class name through `get_selector`.
 
     A second class with a taken name raises; re-importing the same module (same qualified name) does not.

@@ -38,9 +38,10 @@ def topk_mask(
         `[R, C]` bool, a subset of `valid` with exactly k True per budget row.
     """
     rows_scores, rows_valid = budget_rows(scores, budget), budget_rows(valid, budget)  # [R', C']
-    keys = -rows_scores if lowest else rows_scores
+    keys = rows_scores.to(torch.promote_types(rows_scores.dtype, torch.float32))  # keep float64 as is
+    keys = -keys if lowest else keys
     # Finite keys for valid tokens (nan_to_num also maps +-inf to finite), -inf at invalid positions.
-    keys = torch.where(rows_valid, keys.float().nan_to_num(nan=0.0), float("-inf"))
+    keys = torch.where(rows_valid, keys.nan_to_num(nan=0.0), float("-inf"))
     k = budget_sizes(rows_valid, retain)[:, None]  # [R', 1]
     kth = kth_largest(keys, k[:, 0])[:, None]  # [R', 1]
     above, tied = keys > kth, keys == kth
