@@ -1,0 +1,120 @@
+"""Find the final answer in a model's output.
+
+Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
+is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
+self-correction overrides an earlier box. Without candidates, a short response that is just an
+expression is its own answer; then a final `**bold**`; the last number is the last resort.
+All scans are linear (brace matching and regexes without nested quantifiers) so a huge input is safe.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_SCAN = 200_000  # characters from the end of a response that are searched
+_STOP_TOKENS = (
+    "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>",
+    "</s>", "<|end|>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<end_of_turn>",
+)  # fmt: skip
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+_SENTENCE = re.compile(
+    r"(?:\bfinal\s+answer\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*", re.I
+)
+_HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
+_BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w.]\d)")
+_PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
+_BOX_JOIN = re.compile(r"\s*(?:,|and|\\text\{\s*and\s*\}|;)?\s*")
+
+
+def cut_template_tail(text: str) -> str:
+    """Cut at the first end-of-turn / chat-template token: what follows is not the model's answer."""
+    cut = len(text)
+    for tok in _STOP_TOKENS:
+        i = text.find(tok)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def brace_content(text: str, open_idx: int) -> tuple[str, int] | None:
+    """Content of the braced group whose `{` is at `open_idx`, and the index after its `}`."""
+    depth = 0
+    for i in range(open_idx, len(text)):
+        c = text[i]
+        if c == "\\":
+            continue
+        if c == "{" and text[i - 1] != "\\":
+            depth += 1
+        elif c == "}" and text[i - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[open_idx + 1 : i], i + 1
+    return None
+
+
+def _boxes(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, content) of every box; adjacent boxes joined by ","/"and" merge into a list."""
+    out: list[tuple[int, int, str]] = []
+    for m in _BOX.finditer(text):
+        if m.group(1):
+            got = brace_content(text, m.end() - 1)
+            if got is None:
+                continue
+            content, end = got
+        else:  # `\boxed 5`
+            tok = re.match(r"\s*([^\s$.,]+)", text[m.end() :])
+            if not tok:
+                continue
+            content, end = tok.group(1), m.end() + tok.end()
+        if out and out[-1][1] <= m.start() and _BOX_JOIN.fullmatch(text[out[-1][1] : m.start()]):
+            start, _, prev = out.pop()
+            out.append((start, end, f"{prev}, {content}"))
+        elif not out or m.start() >= out[-1][1]:  # skip boxes nested in the previous one
+            out.append((m.start(), end, content))
+    return out
+
+
+def _sentence_answer(text: str, start: int) -> str | None:
+    """The answer stated right after an answer phrase: math in delimiters, or up to the sentence end."""
+    rest = text[start : start + 2000].lstrip()
+    if rest.startswith(("\\boxed", "\\fbox")):
+        return None  # the box itself is a candidate
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(left):
+            end = rest.find(right, len(left))
+            return rest[len(left) : end].strip() if end > 0 else None
+    m = re.match(r"(.+?)(?:\.\s|\.$|\n|$)", rest)
+    answer = _HOPE.sub("", m.group(1)).strip().strip("*").strip() if m else ""
+    return answer or None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer in `text` (a full model output or a bare answer), or None when there is none."""
+    if not isinstance(text, str):
+        return None
+    text = cut_template_tail(text)[-MAX_SCAN:].strip()
+    if not text:
+        return None
+    candidates = [(start, content) for start, _, content in _boxes(text)]
+    for m in _SENTENCE.finditer(text):
+        answer = _sentence_answer(text, m.end())
+        if answer:
+            candidates.append((m.start(), answer))
+    if candidates:
+        return max(candidates, key=lambda c: c[0])[1].strip()
+    if _looks_like_expression(text):
+        return text
+    bold = list(_BOLD.finditer(text[-2000:]))
+    if bold:
+        return bold[-1].group(1).strip()
+    numbers = list(_NUMBER.finditer(text[-5000:]))
+    return numbers[-1].group(0) if numbers else None
+
+
+def _looks_like_expression(text: str) -> bool:
+    """A short answer without prose: `x = 5`, `\\frac{1}{2}`, `\\text{Evelyn}`, `1, 2 and 3`."""
+    if len(text) > 300 or "\n\n" in text:
+        return False
+    prose = _PROSE_WORD.findall(re.sub(r"\\(?:text|mathrm|mbox|textbf)\{[^{}]*\}", "", text))
+    return len([w for w in prose if w.lower() not in ("and", "or")]) < 2

@@ -1,0 +1,186 @@
+"""The sympy side of the checker: guarded parsing and exact-first comparison of scalar expressions.
+
+Run this only inside a grading worker process (see `pool.py`): sympy can take unbounded time, and
+the parent kills a worker that overruns. Inputs are parsed by latex2sympy2_extended's ANTLR grammar
+into sympy objects; no string is ever passed to `eval`, `exec`, `sympify` or `parse_expr`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from functools import lru_cache
+
+from tiplight.evals.equivalence import FastComparator, Undecided, numbers_match
+from tiplight.evals.parse import exact_number
+
+MAX_LEN = 400  # characters of one scalar; longer strings are compared as strings only
+MAX_EXPONENT = 10_000
+MAX_FACTORIAL = 3_000
+MAX_DEPTH = 24
+_DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
+_EXPONENT = re.compile(r"\^\s*(\{|\d+|\\?[A-Za-z]+)")
+_FACTORIAL = re.compile(r"(\d+)\s*!")
+_BIG_INT = re.compile(r"\d{60,}")
+
+
+def too_costly(s: str) -> bool:
+    """Refuse inputs whose evaluation could explode before any parsing: long strings, deep nesting,
+    exponent towers, exponents above 10^4, factorials above 3000!, and integers of 60+ digits."""
+    if len(s) > MAX_LEN or _BIG_INT.search(s) or "\\underbrace" in s:
+        return True
+    depth = peak = 0
+    for c in s:
+        depth += c in "({["
+        depth -= c in ")}]"
+        peak = max(peak, depth)
+    if peak > MAX_DEPTH:
+        return True
+    if any(int(m.group(1)) > MAX_FACTORIAL for m in _FACTORIAL.finditer(s)):
+        return True
+    return any(_exponent_too_big(s, m.end(1)) for m in _EXPONENT.finditer(s) if m.group(1) == "{") or any(
+        m.group(1).isdigit() and int(m.group(1)[:6]) > MAX_EXPONENT for m in _EXPONENT.finditer(s)
+    )
+
+
+def _exponent_too_big(s: str, start: int) -> bool:
+    """The braced exponent starting at `start`: a tower (`^` inside), a factorial, or a big number."""
+    depth, i = 1, start
+    while i < len(s) and depth:
+        depth += (s[i] == "{") - (s[i] == "}")
+        i += 1
+    body = s[start : i - 1]
+    if "^" in body or "!" in body or "\\uparrow" in body:
+        return True
+    numbers = [int(n) for n in re.findall(r"\d+", body)]
+    return any(n > MAX_EXPONENT for n in numbers) or (
+        "\\cdot" in body and len(numbers) > 1 and max(numbers) > 100
+    )
+
+
+@lru_cache(maxsize=4096)
+def to_sympy(s: str):
+    """Parse one cleaned LaTeX scalar into sympy, decimals read as exact fractions. Raises on failure."""
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+    from sympy import I, Symbol
+
+    exact = _DECIMAL.sub(_decimal_as_fraction, s)
+    expr = latex2sympy(
+        exact,
+        normalization_config=NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=False, boxed="none"
+        ),
+        conversion_config=ConversionConfig(lowercase_symbols=False, interpret_as_mixed_fractions=True),
+    )
+    return expr.subs(Symbol("i"), I) if hasattr(expr, "subs") else expr
+
+
+def _decimal_as_fraction(m: re.Match) -> str:
+    """`3.14` -> `(\\frac{314}{100})`: exact arithmetic; tolerance is applied by the caller."""
+    return "(\\frac{" + m.group(1) + m.group(2) + "}{1" + "0" * len(m.group(2)) + "})"
+
+
+class SympyComparator(FastComparator):
+    """Exact first (fast path, `simplify`), then high-precision numerics with relative tolerance."""
+
+    def scalar(self, pred: str, gold: str) -> bool:
+        """See `equivalence.Comparator.scalar`."""
+        try:
+            return super().scalar(pred, gold)
+        except Undecided:
+            pass
+        if too_costly(pred) or too_costly(gold):
+            return False
+        p, g = _parse_pair(pred, gold)
+        if p is None or g is None:
+            return False
+        return _equal(p, g, pred, gold)
+
+    def proportional(self, pred: str, gold: str, positive: bool) -> bool:
+        """See `equivalence.Comparator.proportional`: the ratio simplifies to a (positive) constant."""
+        try:
+            return super().proportional(pred, gold, positive)
+        except Undecided:
+            pass
+        if too_costly(pred) or too_costly(gold):
+            return False
+        p, g = _parse_pair(pred, gold)
+        if p is None or g is None or not hasattr(p, "free_symbols") or g == 0:
+            return False
+        from sympy import simplify
+
+        ratio = simplify(p / g)
+        if ratio.free_symbols or ratio == 0 or not ratio.is_finite:
+            return False
+        return bool(ratio.is_positive) if positive else True
+
+
+def _parse_pair(pred: str, gold: str):
+    try:
+        return to_sympy(pred), to_sympy(gold)
+    except Exception:  # the grammar raises bare Exceptions on malformed input
+        return None, None
+
+
+def _equal(p, g, pred: str, gold: str) -> bool:
+    """Decide p == g for parsed sympy objects; see `SympyComparator`."""
+    from sympy import Expr, simplify
+
+    if p == g:
+        return True
+    if not isinstance(p, Expr) or not isinstance(g, Expr):
+        return False
+    if p.free_symbols or g.free_symbols:
+        return _equal_symbolic(p, g)
+    p_dec, g_dec = _decimal_digits(pred), _decimal_digits(gold)
+    if p_dec is not None or g_dec is not None:
+        return _equal_approx(p, g, pred, gold, p_dec, g_dec)
+    if simplify(p - g) == 0:
+        return True
+    if g.is_zero or p.is_zero:
+        return False  # exact zero on one side only: numerics would accept 1/2004! for 0
+    pv, gv = p.evalf(60), g.evalf(60)
+    if not (pv.is_number and gv.is_number) or not (pv.is_finite and gv.is_finite):
+        return False
+    scale = max(abs(pv), abs(gv))
+    return bool(scale != 0 and abs(pv - gv) <= scale * 1e-40)
+
+
+def _decimal_digits(s: str) -> int | None:
+    number = exact_number(s)
+    return number[1] if number else None
+
+
+def _equal_approx(p, g, pred: str, gold: str, p_dec: int | None, g_dec: int | None) -> bool:
+    """Exactly one side is a decimal literal: tolerance relative to its digits (`numbers_match`)."""
+    from fractions import Fraction
+
+    value = (g if p_dec is not None else p).evalf(60)
+    if not (value.is_real and value.is_finite):
+        return False
+    approx = Fraction(str(value))  # 60 significant digits, far finer than any decimal tolerance
+    if p_dec is not None:
+        return numbers_match(exact_number(pred)[0], p_dec, approx, None, pred)
+    return numbers_match(approx, None, exact_number(gold)[0], g_dec, pred)
+
+
+def _equal_symbolic(p, g) -> bool:
+    """Same free symbols, then agreement at random points, then `simplify` for the final word."""
+    from sympy import simplify
+
+    if {s.name for s in p.free_symbols} != {s.name for s in g.free_symbols}:
+        return simplify(p - g) == 0
+    if (p - g).expand() == 0:
+        return True
+    rng = random.Random(0)
+    symbols = sorted(p.free_symbols | g.free_symbols, key=lambda s: s.name)
+    for _ in range(6):
+        point = {s: rng.choice([-1, 1]) * rng.uniform(0.3, 3.0) for s in symbols}
+        try:
+            pv, gv = complex(p.evalf(30, subs=point)), complex(g.evalf(30, subs=point))
+        except (TypeError, ValueError):
+            return simplify(p - g) == 0
+        if abs(pv - gv) > 1e-9 * max(1.0, abs(pv), abs(gv)):
+            return False
+    return True
