@@ -33,17 +33,26 @@ BUDGETED = [
     "OverconfidentTopK",
 ]
 STOCHASTIC = {"RandomTokens", "EntropySampling"}
+
+
+def build(name: str, **kwargs: object) -> Selector:
+    return get_selector(name, **{**REQUIRED_ARGS.get(name, dict)(), **kwargs})
+
+
+def params(cases: list[tuple[str, dict]]) -> list:
+    return [pytest.param(n, kw, id=n + "".join(f"-{k}={v}" for k, v in kw.items())) for n, kw in cases]
+
+
 CASES = [(name, {}) for name in list_selectors()] + [
     ("EntropySampling", {"importance_weights": True}),
     ("SoftOrTopK", {"lowest": True}),
     ("SoftOrTopK", {"budget": "batch"}),
     ("RandomTokens", {"budget": "batch"}),
 ]
-IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs.items()) for name, kwargs in CASES]
-
-
-def build(name: str, **kwargs: object) -> Selector:
-    return get_selector(name, **{**REQUIRED_ARGS.get(name, dict)(), **kwargs})
+BUDGET_CASES = [(name, kwargs) for name, kwargs in CASES if hasattr(build(name, **kwargs), "retain")]
+TOPK_CASES = [  # deterministic "keep the k highest" rules, ties to the earlier position
+    case for case in BUDGET_CASES if case[0] not in STOCHASTIC and not case[1].get("lowest")
+]
 
 
 def make_stats(seed: int = 0, garbage: float = float("nan"), constant: bool = False) -> TokenStats:
@@ -65,7 +74,7 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(CASES))
 def test_output_is_a_finite_mask_or_weights_on_valid_tokens(name, kwargs):
     stats = make_stats()
     out = build(name, **kwargs).select(stats, seeded())
@@ -76,11 +85,9 @@ def test_output_is_a_finite_mask_or_weights_on_valid_tokens(name, kwargs):
     assert not (out[2] != 0).any()  # the all-invalid row
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(BUDGET_CASES))
 def test_budgeted_selectors_keep_exactly_floor_retain_m(name, kwargs):
     selector = build(name, **kwargs)
-    if not hasattr(selector, "retain"):
-        pytest.skip("no budget")
     stats = make_stats()
     kept = (selector.select(stats, seeded()) != 0).sum(dim=1)
     m = stats.valid.sum(dim=1)
@@ -90,7 +97,7 @@ def test_budgeted_selectors_keep_exactly_floor_retain_m(name, kwargs):
         assert kept.tolist() == [math.floor(selector.retain * n) for n in m.tolist()]
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(CASES))
 def test_same_seed_same_selection_and_invalid_garbage_is_ignored(name, kwargs):
     selector = build(name, **kwargs)
     first = selector.select(make_stats(garbage=float("nan")), seeded(3))
@@ -98,7 +105,7 @@ def test_same_seed_same_selection_and_invalid_garbage_is_ignored(name, kwargs):
     assert torch.equal(first, again)
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(CASES))
 @pytest.mark.parametrize("shape", [(0, 6), (3, 0)])
 def test_empty_batches_keep_nothing(name, kwargs, shape):
     empty = torch.zeros(shape)
@@ -107,10 +114,8 @@ def test_empty_batches_keep_nothing(name, kwargs, shape):
     assert out.shape == shape
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(BUDGET_CASES))
 def test_retain_one_keeps_every_valid_token(name, kwargs):
-    if "retain" not in build(name, **kwargs).__dict__:
-        pytest.skip("no budget")
     stats = make_stats()
     out = build(name, **kwargs, retain=1.0).select(stats, seeded())
     assert torch.equal(out != 0, stats.valid)
@@ -118,11 +123,9 @@ def test_retain_one_keeps_every_valid_token(name, kwargs):
         assert torch.equal(out, stats.valid.float())
 
 
-@pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
+@pytest.mark.parametrize(("name", "kwargs"), params(TOPK_CASES))
 def test_deterministic_top_k_breaks_ties_by_earlier_position(name, kwargs):
     selector = build(name, **kwargs)
-    if name in STOCHASTIC or not hasattr(selector, "retain") or getattr(selector, "lowest", False):
-        pytest.skip("not a deterministic top-k")
     stats = make_stats(constant=True)
     out = selector.select(stats, seeded())
     rows = stats.valid.reshape(1, -1) if getattr(selector, "budget", "") == "batch" else stats.valid
