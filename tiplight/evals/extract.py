@@ -24,7 +24,7 @@ _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w.]\d)")
 _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
-_BOX_JOIN = re.compile(r"\s*(?:,|and|\\text\{\s*and\s*\}|;)?\s*")
+_BOX_JOIN = re.compile(r"[\s$]*(?:,|and|\\text\{\s*and\s*\}|;)?[\s$]*")
 
 
 def cut_template_tail(text: str) -> str:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-_SPACING = re.compile(r"\\[!,;:> ]|\\q?quad\b|\\(?:display|text|script)style\b|~")
+_SPACING = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad\b|\\(?:display|text|script)style\b|~")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?")
 _FRAC_VARIANTS = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
 _BINOM_VARIANTS = re.compile(r"\\[dt]binom(?![a-zA-Z])")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\{\}\^\\circ")
+_TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
+_TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)")
 _PERCENT = re.compile(r"\\?%")
 _EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
 _PLAIN_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -112,6 +114,8 @@ def clean(s: str) -> str:
     s = _BINOM_VARIANTS.sub(r"\\binom", s)
     for old, new in _RELATION_ALIASES.items():
         s = s.replace(old, new)
+    if _TRIG.search(s):  # degrees inside trig functions are angles: cos 15° = cos(15π/180)
+        s = _TRIG_DEGREES.sub(r"(\1\\cdot\\frac{\\pi}{180})", s)
     s = _DEGREES.sub("", s)
     s = _PERCENT.sub("", s)
     s = s.replace("$", "")

@@ -1,0 +1,97 @@
+"""The answer checker: the case table, extraction, safety and time limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tiplight.evals import extract_answer, grade, grade_many
+from tiplight.evals.pool import get_pool
+
+CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "grader_cases.jsonl").open()]
+SLOW_PAIR = (r"\boxed{(x+y)^{300}}", r"(x+2y)^{300}+z")  # sympy needs seconds: forces a worker timeout
+
+
+def test_case_table_is_large_and_hard_enough():
+    assert len(CASES) >= 200
+    assert sum(c["hard"] for c in CASES) >= len(CASES) / 2
+    assert {True, False} == {c["expected"] for c in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{i}-{c['category']}" for i, c in enumerate(CASES)])
+def test_case_table(case):
+    assert grade(case["response"], case["gold"]) is case["expected"], case.get("note", "")
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        (r"so $\boxed{\frac{1}{\sqrt{2}}}$ is it", r"\frac{1}{\sqrt{2}}"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{1}, \boxed{2}", "1, 2"),
+        ("The answer is $x = 3$. Done", "x = 3"),
+        ("blah\nFinal Answer: 17", "17"),
+        (r"\boxed{9}<|im_end|>\boxed{8}", "9"),
+        (r"  \frac{3}{4}  ", r"\frac{3}{4}"),
+        ("There are 5 cats and 7 dogs in the story here", "7"),
+        ("No numbers at all in this rather long sentence", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize(
+    ("response", "gold"),
+    [
+        ("", "5"),
+        ("5", ""),
+        (None, "5"),
+        ("5", None),
+        ("\\boxed{", "}"),
+        ("x" * 1_000_000, "1"),
+        ("{" * 5000, "1"),
+    ],
+)
+def test_grade_never_raises(response, gold):
+    assert grade(response, gold) is False
+
+
+def test_nothing_is_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"\\boxed{{__import__('os').system('touch {marker}')}}"
+    assert grade(payload, "0") is False
+    assert grade(f"exec(\"open('{marker}', 'w')\")", "1") is False
+    assert not marker.exists()
+
+
+def test_timeout_holds_off_the_main_thread_and_replaces_the_worker():
+    pool = get_pool()
+    replaced = pool.replaced
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        start = time.monotonic()
+        out["verdict"] = grade(*SLOW_PAIR, timeout=0.5)
+        out["elapsed"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(10)
+    assert out["verdict"] is False
+    assert out["elapsed"] < 1.5
+    assert pool.replaced == replaced + 1
+    assert grade(r"\boxed{\sqrt{8}}", r"2\sqrt2") is True  # the replacement serves the next request
+
+
+def test_grade_many_agrees_with_grade():
+    rows = CASES[::9]
+    responses, golds = [r["response"] for r in rows], [r["gold"] for r in rows]
+    assert grade_many(responses, golds, num_workers=2) == [r["expected"] for r in rows]
+    with pytest.raises(ValueError, match="responses"):
+        grade_many(["1"], [])
