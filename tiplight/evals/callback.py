@@ -1,0 +1,206 @@
+"""`MathEvalCallback`: sample, grade and score math benchmarks during fit or in a `validate` run.
+
+The callback talks to the LightningModule only through `format_prompt(problem, instruction)` and
+`generate_completions(prompts, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed)`.
+Problems are sharded by rank, records gathered to every rank, metrics computed identically everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from tiplight.evals.benchmarks import load_benchmark
+from tiplight.evals.extract import extract_answer
+from tiplight.evals.grader import grade_many
+from tiplight.evals.metrics import compute_metrics, majority_vote
+
+DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+class MathEvalCallback(pl.Callback):
+    """Evaluate the student on math benchmarks.
+
+    Args:
+        benchmarks: registered names (`math500`, `aime24`, `aime25`, ...) or JSONL paths.
+        num_samples: completions per problem (k of mean@k / pass@k / maj@k; the paper: 16).
+        temperature: sampling temperature (the paper: 1.0); 0 means greedy.
+        top_p: nucleus sampling threshold.
+        top_k: top-k sampling (0 disables).
+        max_new_tokens: generation budget per completion.
+        instruction: appended to each problem before the chat template; None for none.
+        every_n_steps: also evaluate every N optimizer steps (0: never).
+        at_validation: evaluate at the end of each validation epoch (and in `tiplight validate`).
+        at_fit_start: evaluate before training (for "before and after" comparisons).
+        at_fit_end: evaluate when fit ends.
+        limit: evaluate only the first `limit` problems of each benchmark (quick runs).
+        batch_size: prompts per `generate_completions` call.
+        seed: sampling seed.
+        grade_timeout: seconds per graded answer.
+        grade_workers: grading worker processes (None: one per CPU).
+    """
+
+    def __init__(
+        self,
+        benchmarks: list[str] | None = None,
+        num_samples: int = 16,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_new_tokens: int = 4096,
+        instruction: str | None = DEFAULT_INSTRUCTION,
+        every_n_steps: int = 0,
+        at_validation: bool = True,
+        at_fit_start: bool = False,
+        at_fit_end: bool = True,
+        limit: int | None = None,
+        batch_size: int = 16,
+        seed: int = 0,
+        grade_timeout: float = 5.0,
+        grade_workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1 or batch_size < 1 or every_n_steps < 0 or (limit is not None and limit < 1):
+            raise ValueError(
+                "MathEvalCallback needs num_samples >= 1, batch_size >= 1, every_n_steps >= 0 and limit >= 1 "
+                f"(or None); got {num_samples}, {batch_size}, {every_n_steps}, {limit}."
+            )
+        self.benchmarks = list(benchmarks) if benchmarks is not None else ["math500"]
+        self.num_samples, self.temperature, self.top_p, self.top_k = num_samples, temperature, top_p, top_k
+        self.max_new_tokens, self.instruction, self.batch_size, self.seed = (
+            max_new_tokens, instruction, batch_size, seed,
+        )  # fmt: skip
+        self.every_n_steps, self.at_validation = every_n_steps, at_validation
+        self.at_fit_start, self.at_fit_end, self.limit = at_fit_start, at_fit_end, limit
+        self.grade_timeout, self.grade_workers = grade_timeout, grade_workers
+        self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self._last_step = -1
+        for name in self.benchmarks:  # fail at start-up, not after an hour of training
+            self._problems(name)
+
+    # ---- hooks -------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_fit_start:
+            self.evaluate(trainer, pl_module, "fit_start")
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step  # with gradient accumulation this hook fires several times per step
+            self.evaluate(trainer, pl_module, f"step_{step}")
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_validation and not trainer.sanity_checking:
+            self.evaluate(trainer, pl_module, "validation")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_fit_end:
+            self.evaluate(trainer, pl_module, "fit_end")
+
+    # ---- the evaluation ----------------------------------------------------------------------------
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, moment: str
+    ) -> dict[str, dict[str, float]]:
+        """Run every benchmark now; log, write records and keep the metrics in `self.results[moment]`."""
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # collective call on every rank
+        was_training = pl_module.training
+        pl_module.eval()
+        results: dict[str, dict[str, float]] = {}
+        try:
+            with torch.no_grad():
+                for name in self.benchmarks:
+                    records = self._gather(self._run_shard(trainer, pl_module, name))
+                    results[self._label(name)] = compute_metrics(records, self.num_samples)
+                    if trainer.is_global_zero:
+                        self._write_records(log_dir, moment, self._label(name), records)
+        finally:
+            pl_module.train(was_training)
+        self.results[moment] = results
+        self._log(trainer, pl_module, moment, results)
+        if trainer.is_global_zero:
+            rank_zero_info(summary_table(moment, results, self.num_samples))
+        return results
+
+    def _problems(self, name: str) -> list[dict]:
+        problems = load_benchmark(name)
+        return problems[: self.limit] if self.limit else problems
+
+    @staticmethod
+    def _label(name: str) -> str:
+        return Path(name).stem if name.endswith(".jsonl") else name
+
+    def _run_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> list[dict]:
+        """Generate and grade this rank's share of the problems."""
+        problems = list(enumerate(self._problems(name)))[trainer.global_rank :: trainer.world_size]
+        records = []
+        for start in range(0, len(problems), self.batch_size):
+            chunk = problems[start : start + self.batch_size]
+            prompts = [pl_module.format_prompt(p["problem"], self.instruction) for _, p in chunk]
+            completions = pl_module.generate_completions(
+                prompts, num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
+                top_k=self.top_k, max_new_tokens=self.max_new_tokens, seed=self.seed + start,
+            )  # fmt: skip
+            records += self._grade_chunk(chunk, completions)
+        return records
+
+    def _grade_chunk(self, chunk: list[tuple[int, dict]], completions: list[list[str]]) -> list[dict]:
+        flat = [(p, text) for (_, p), texts in zip(chunk, completions) for text in texts]
+        verdicts = iter(grade_many([t for _, t in flat], [str(p["answer"]) for p, _ in flat],
+                                   timeout=self.grade_timeout, num_workers=self.grade_workers))  # fmt: skip
+        records = []
+        for (index, problem), texts in zip(chunk, completions):
+            ok = [next(verdicts) for _ in texts]
+            answers = [extract_answer(t) for t in texts]
+            records.append({
+                "index": index, "id": problem["id"], "subject": problem.get("subject"),
+                "level": problem.get("level"), "gold": str(problem["answer"]), "responses": list(texts),
+                "extracted": answers, "verdicts": ok,
+                "maj_correct": majority_vote(answers, ok, timeout=self.grade_timeout),
+            })  # fmt: skip
+        return records
+
+    @staticmethod
+    def _gather(records: list[dict]) -> list[dict]:
+        """All ranks' records, in problem order, on every rank."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[list[dict] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, records)
+            records = [r for part in parts for r in (part or [])]
+        return sorted(records, key=lambda r: r["index"])
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, moment: str, results: dict) -> None:
+        flat = {f"eval/{bench}/{k}": v for bench, metrics in results.items() for k, v in metrics.items()}
+        if moment in ("fit_start", "fit_end"):  # self.log is not allowed in these hooks
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics(
+                        {f"{k}/{moment}": v for k, v in flat.items()}, step=trainer.global_step
+                    )
+            return
+        # identical values on every rank (computed from gathered records): no sync needed
+        per_step = moment.startswith("step_")
+        pl_module.log_dict(flat, sync_dist=False, on_step=per_step, on_epoch=not per_step)
+
+    @staticmethod
+    def _write_records(log_dir: Path, moment: str, bench: str, records: list[dict]) -> None:
+        out = log_dir / "evals" / f"{moment}_{bench}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def summary_table(moment: str, results: dict[str, dict[str, float]], k: int) -> str:
+    """A plain-text table of the headline metrics per benchmark."""
+    columns = [f"mean@{k}", "pass@1", f"pass@{k}", f"maj@{k}"]
+    columns = list(dict.fromkeys(columns))
+    lines = [f"math eval ({moment})", f"{'benchmark':14} {'n':>5} " + " ".join(f"{c:>9}" for c in columns)]
+    for bench, metrics in results.items():
+        cells = " ".join(f"{100 * metrics.get(c, float('nan')):>8.1f}%" for c in columns)
+        lines.append(f"{bench:14} {int(metrics['num_problems']):>5} {cells}")
+    return "\n".join(lines)
