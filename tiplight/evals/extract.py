@@ -20,6 +20,7 @@ _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _SENTENCE = re.compile(
     r"(?:\bfinal\s+answer\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*", re.I
 )
+_BARE_TOKEN = re.compile(r"\s*([^\s$.,]{1,200})")
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w.]\d)")
@@ -37,36 +38,38 @@ def cut_template_tail(text: str) -> str:
     return text[:cut]
 
 
-def brace_content(text: str, open_idx: int) -> tuple[str, int] | None:
-    """Content of the braced group whose `{` is at `open_idx`, and the index after its `}`."""
-    depth = 0
-    for i in range(open_idx, len(text)):
-        c = text[i]
-        if c == "\\":
+def brace_pairs(text: str) -> dict[int, int]:
+    """Index of the matching `}` for every `{` (escaped `\\{`/`\\}` ignored), in one linear pass.
+
+    One pass for the whole text keeps `\\boxed{\\boxed{...` repeated a million times linear too.
+    """
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for i, c in enumerate(text):
+        if c in "{}" and i and text[i - 1] == "\\":
             continue
-        if c == "{" and text[i - 1] != "\\":
-            depth += 1
-        elif c == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[open_idx + 1 : i], i + 1
-    return None
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = i
+    return pairs
 
 
 def _boxes(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every box; adjacent boxes joined by ","/"and" merge into a list."""
     out: list[tuple[int, int, str]] = []
+    pairs = brace_pairs(text) if "\\boxed" in text or "\\fbox" in text else {}
     for m in _BOX.finditer(text):
         if m.group(1):
-            got = brace_content(text, m.end() - 1)
-            if got is None:
+            close = pairs.get(m.end() - 1)
+            if close is None:
                 continue
-            content, end = got
+            content, end = text[m.end() : close], close + 1
         else:  # `\boxed 5`
-            tok = re.match(r"\s*([^\s$.,]+)", text[m.end() :])
+            tok = _BARE_TOKEN.match(text, m.end())
             if not tok:
                 continue
-            content, end = tok.group(1), m.end() + tok.end()
+            content, end = tok.group(1), tok.end()
         if out and out[-1][1] <= m.start() and _BOX_JOIN.fullmatch(text[out[-1][1] : m.start()]):
             start, _, prev = out.pop()
             out.append((start, end, f"{prev}, {content}"))
@@ -77,7 +80,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 
 def _sentence_answer(text: str, start: int) -> str | None:
     """The answer stated right after an answer phrase: math in delimiters, or up to the sentence end."""
-    rest = text[start : start + 2000].lstrip()
+    rest = text[start : start + 1000].lstrip()
     if rest.startswith(("\\boxed", "\\fbox")):
         return None  # the box itself is a candidate
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
@@ -97,10 +100,14 @@ def extract_answer(text: str) -> str | None:
     if not text:
         return None
     candidates = [(start, content) for start, _, content in _boxes(text)]
-    for m in _SENTENCE.finditer(text):
+    after = candidates[-1][0] if candidates else -1
+    for tries, m in enumerate(reversed(list(_SENTENCE.finditer(text)))):
+        if m.start() < after or tries >= 20:  # only a sentence after the last box can override it
+            break
         answer = _sentence_answer(text, m.end())
         if answer:
             candidates.append((m.start(), answer))
+            break
     if candidates:
         return max(candidates, key=lambda c: c[0])[1].strip()
     if _looks_like_expression(text):
