@@ -238,8 +238,11 @@ class PromptDataModule(L.LightningDataModule):
     # --- Lightning hooks --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if self.tokenizer is None:
-            source = self.hparams.tokenizer or self.trainer.lightning_module.tokenizer_source
-            self.tokenizer = load_tokenizer(source, "data.tokenizer")
+            module = self.trainer.lightning_module
+            if self.hparams.tokenizer:
+                self.tokenizer = load_tokenizer(self.hparams.tokenizer, "data.tokenizer")
+            else:
+                self.tokenizer = load_tokenizer(module.tokenizer_source, module.tokenizer_field)
         hp = self.hparams
         prompts = self.load(list(hp.train_files))
         if not prompts:

@@ -33,6 +33,9 @@ from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
 from tiplight.stats import RawStats, completion_hidden, token_stats
 
+# hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
+torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
+
 STATS_SCOPES = ("batch", "micro")
 DENOMINATORS = ("kept", "valid")
 LR_SCHEDULES = ("cosine", "constant")
@@ -145,6 +148,11 @@ class DistillModule(L.LightningModule):
         return self.hparams.tokenizer or self.hparams.student
 
     @property
+    def tokenizer_field(self) -> str:
+        """The config field that names the tokenizer (for error messages)."""
+        return "model.tokenizer" if self.hparams.tokenizer else "model.student"
+
+    @property
     def teacher(self) -> nn.Module | None:
         """The frozen teacher. Deliberately not a registered submodule: it is in no optimizer, no
         checkpoint, and no DDP bucket."""
@@ -154,11 +162,13 @@ class DistillModule(L.LightningModule):
         if self.student is not None:
             return
         hp = self.hparams
-        self.tokenizer = load_tokenizer(self.tokenizer_source, "model.tokenizer")
+        self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
         source = ModelSource(hp.student, hp.dtype, hp.student_quantization)
         student = load_model(source, "model.student")
         if hp.lora is not None:
-            student = add_lora(student, hp.lora, quantized=hp.student_quantization is not None)
+            with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the seed alone
+                torch.manual_seed(hp.seed)
+                student = add_lora(student, hp.lora, quantized=hp.student_quantization is not None)
         if hp.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         models = [student]
@@ -198,12 +208,23 @@ class DistillModule(L.LightningModule):
 
     # --- the algorithm ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # every step draws its randomness (dropout, selection) from (seed, batch index) alone, so a run
+        # resumes exactly without restoring RNG states and the global RNG is left as it was
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.step_seed(batch["batch_index"]))
+            self.distill(batch)
+        self.next_batch = batch["batch_index"] + 1
+
+    def step_seed(self, batch_index: int) -> int:
+        return (self.hparams.seed * 1_000_003 + batch_index) % 2**63
+
+    def distill(self, batch: dict[str, Any]) -> None:
+        """One on-policy step: rollout, score, select, update, log."""
         rollout = self.timed("rollout", self.rollout, batch, self.sampling, self.hparams.seed)
         parts = self.timed("score", self.score, rollout, self.single_pass(rollout))
         stats, weights = self.timed("select", self.select, parts, batch["batch_index"])
         loss = self.timed("update", self.update, parts, weights)
         self.log_step(stats, weights, loss)
-        self.next_batch = batch["batch_index"] + 1
 
     def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int) -> Rollout:
         """Sample completions from the student, ``generation_batch_size`` rows at a time."""
@@ -248,7 +269,7 @@ class DistillModule(L.LightningModule):
     def select(self, parts: list[Scored], batch_index: int) -> tuple[TokenStats, list[torch.Tensor]]:
         """Normalise over the stats scope and select; returns global stats and per-part float weights."""
         device = parts[0].raw.entropy.device
-        generator = torch.Generator(device=device).manual_seed(self.hparams.seed * 1_000_003 + batch_index)
+        generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
         if self.hparams.stats_scope == "micro":
             picked = [self._select(p.raw, p.rollout.completion_mask, generator) for p in parts]
             return _cat_stats([s for s, _ in picked]), [w for _, w in picked]
@@ -366,13 +387,10 @@ class DistillModule(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tiplight"] = {"next_batch": self.next_batch, "torch_rng": torch.get_rng_state()}
+        checkpoint["tiplight"] = {"next_batch": self.next_batch}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("tiplight", {})
-        self.next_batch = state.get("next_batch", 0)
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
+        self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
 
     def export(self, out: str, merge: bool = True) -> str:
         """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""

@@ -1,0 +1,132 @@
+"""The LightningModule on tiny models: a real step, a frozen teacher, exact resume, export, bad input."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers import make_data, make_module, make_trainer
+from tiplight.models import LoRA
+from tiplight.selection import SoftOrTopK
+
+
+def student_params(module):
+    return {k: v.detach().clone() for k, v in module.student.state_dict().items()}
+
+
+def test_fit_trains_the_student_only(tiny, prompts_file, tmp_path):
+    module = make_module(tiny, selector=SoftOrTopK(0.5))
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.fit(module, make_data(prompts_file))
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
+    assert 0.3 < metrics["train/kept_fraction"] <= 0.5
+    for key in ("time/rollout", "time/score", "time/update", "train/entropy", "train/rkl",
+                "train/completion_length", "quadrant/Q3_all", "quadrant/Q3_kept"):
+        assert key in metrics
+    teacher = module.teacher
+    assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.student.parameters()}
+    assert not any(id(p) in optimized for p in teacher.parameters())
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    assert state and all(k.startswith("student.") for k in state)
+
+
+def test_student_changes_and_llama_student_works(tiny, prompts_file, tmp_path):
+    module = make_module(tiny, student=tiny["llama"])
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, make_data(prompts_file))
+    before = AutoModelForCausalLM.from_pretrained(tiny["llama"]).state_dict()
+    after = module.student.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+class StopAt(__import__("lightning").Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 3])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny, prompts_file, tmp_path, micro_batch_size):
+    kwargs = dict(selector=SoftOrTopK(0.5), lr_schedule="cosine", warmup_steps=1,
+                  micro_batch_size=micro_batch_size, lora=LoRA(r=4, alpha=8, dropout=0.1))
+    straight = make_module(tiny, **kwargs)
+    make_trainer(tmp_path / "a", max_steps=4).fit(straight, make_data(prompts_file))
+
+    first = make_module(tiny, **kwargs)
+    trainer = make_trainer(tmp_path / "b", max_steps=4, callbacks=[StopAt(2)])
+    trainer.fit(first, make_data(prompts_file))
+    assert trainer.global_step == 2
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    torch.manual_seed(1234)  # a resumed process starts with another RNG state
+    resumed = make_module(tiny, **kwargs)
+    make_trainer(tmp_path / "c", max_steps=4).fit(resumed, make_data(prompts_file), ckpt_path=tmp_path / "mid.ckpt")
+    assert resumed.next_batch == straight.next_batch == 4
+    a, b = student_params(straight), student_params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], student_params(first)[k]) for k in a)
+
+
+def test_export_merged_and_adapter(tiny, prompts_file, tmp_path):
+    module = make_module(tiny, lora=LoRA(r=4, alpha=8))
+    make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        want = module.student(input_ids=ids).logits
+    module.export(str(tmp_path / "adapter"), merge=False)
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    module.export(str(tmp_path / "merged"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_validation_loss_is_logged(tiny, prompts_file, tmp_path):
+    module = make_module(tiny)
+    trainer = make_trainer(tmp_path, max_steps=1, limit_val_batches=1, num_sanity_val_steps=0, val_check_interval=1)
+    trainer.fit(module, make_data(prompts_file))
+    assert torch.isfinite(trainer.callback_metrics["val/opd_loss"])
+
+
+def test_empty_step_is_skipped_with_a_warning(tiny, prompts_file, tmp_path):
+    from tiplight.selection import QuadrantSelector
+
+    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0))  # nothing qualifies
+    trainer = make_trainer(tmp_path, max_steps=1, max_epochs=1, limit_train_batches=2)
+    before = student_params(module) if module.student else None
+    with pytest.warns(UserWarning, match="no token was kept"):
+        trainer.fit(module, make_data(prompts_file))
+    assert before is None and trainer.global_step == 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(student="/no/such/model"), r"model.student='/no/such/model' could not be loaded"),
+    (dict(divergence="kl"), r"divergence='kl' is unknown; allowed: reverse_kl"),
+    (dict(stats_scope="global"), r"model.stats_scope='global' is not allowed"),
+    (dict(denominator="all"), r"model.denominator='all' is not allowed"),
+    (dict(chunk_size=0), r"model.chunk_size=0"),
+])
+def test_bad_module_input_is_one_clear_error(tiny, prompts_file, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        module = make_module(tiny, **kwargs)
+        make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
+
+
+def test_mismatched_tokenizers_fail_at_start(tiny, prompts_file, tmp_path):
+    import shutil
+
+    from conftest import build_tokenizer
+
+    other = tmp_path / "teacher"
+    shutil.copytree(tiny["teacher"], other)
+    build_tokenizer(other, extra=["@"])
+    module = make_module(tiny, teacher=str(other))
+    with pytest.raises(ValueError, match="different tokenizers"):
+        make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
