@@ -13,7 +13,7 @@ from tiplight.evals import extract_answer, grade, grade_many
 from tiplight.evals.pool import get_pool
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "grader_cases.jsonl").open()]
-SLOW_PAIR = (r"\boxed{(x+y)^{300}}", r"(x+2y)^{300}+z")  # sympy needs seconds: forces a worker timeout
+SLOW_PAIR = (r"\boxed{\sin(10^{4000})}", "1")  # sympy needs seconds: forces a worker timeout
 
 
 def test_case_table_is_large_and_hard_enough():

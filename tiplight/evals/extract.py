@@ -23,7 +23,7 @@ _SENTENCE = re.compile(
 _BARE_TOKEN = re.compile(r"\s*([^\s$.,]{1,200})")
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w.]\d)")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?![\w.]\d)")
 _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
 _BOX_JOIN = re.compile(r"[\s$]*(?:,|and|\\text\{\s*and\s*\}|;)?[\s$]*")
 
@@ -85,11 +85,19 @@ def _sentence_answer(text: str, start: int) -> str | None:
         return None  # the box itself is a candidate
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if rest.startswith(left):
-            end = rest.find(right, len(left))
+            end = _unescaped(rest, right, len(left))
             return rest[len(left) : end].strip() if end > 0 else None
     m = re.match(r"(.+?)(?:\.\s|\.$|\n|$)", rest)
     answer = _HOPE.sub("", m.group(1)).strip().strip("*").strip() if m else ""
     return answer or None
+
+
+def _unescaped(text: str, token: str, start: int) -> int:
+    """Index of the first `token` at or after `start` not preceded by a backslash (`\\$` is currency)."""
+    i = text.find(token, start)
+    while i > 0 and token == "$" and text[i - 1] == "\\":
+        i = text.find(token, i + 1)
+    return i
 
 
 def extract_answer(text: str) -> str | None:
