@@ -120,3 +120,15 @@ def test_register_benchmark(bench):
     finally:
         del BENCHMARKS["tiny_test_only"]
     assert [p["id"] for p in load_benchmark(bench)] == ["p1", "p2", "p3"]
+
+
+def test_callback_is_configurable_from_yaml(bench):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(MathEvalCallback, "eval")
+    yaml = f"eval:\n  benchmarks: [{bench}]\n  num_samples: 16\n  temperature: 1.0\n  every_n_steps: 50\n  limit: 2\n"
+    cfg = parser.instantiate_classes(parser.parse_string(yaml))
+    cb = cfg.eval
+    assert (cb.num_samples, cb.every_n_steps, cb.limit, cb.benchmarks) == (16, 50, 2, [bench])
+    assert "\\boxed{}" in cb.instruction

@@ -95,3 +95,20 @@ def test_grade_many_agrees_with_grade():
     assert grade_many(responses, golds, num_workers=2) == [r["expected"] for r in rows]
     with pytest.raises(ValueError, match="responses"):
         grade_many(["1"], [])
+
+
+def _grade_in_child(pair: tuple[str, str]) -> tuple[bool, float]:
+    start = time.monotonic()
+    return grade(*pair, timeout=0.5), time.monotonic() - start
+
+
+def test_grade_inside_a_daemonic_worker_process():
+    """multiprocessing Pool workers are daemonic (no multiprocessing children): the subprocess pool
+    still works there, and a forked child starts its own pool instead of sharing the parent's pipes."""
+    import multiprocessing
+
+    grade(r"\boxed{\sqrt{8}}", r"2\sqrt2")  # the parent has a live pool before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        (slow, slow_s), (ok, _) = pool.map(_grade_in_child, [SLOW_PAIR, (r"\boxed{\sqrt{8}}", r"2\sqrt2")])
+    assert slow is False and slow_s < 1.5
+    assert ok is True

@@ -131,5 +131,6 @@ def _looks_like_expression(text: str) -> bool:
     """A short answer without prose: `x = 5`, `\\frac{1}{2}`, `\\text{Evelyn}`, `1, 2 and 3`."""
     if len(text) > 300 or "\n\n" in text:
         return False
-    prose = _PROSE_WORD.findall(re.sub(r"\\(?:text|mathrm|mbox|textbf)\{[^{}]*\}", "", text))
+    latex_free = re.sub(r"\\(?:text|mathrm|mbox|textbf|begin|end)\{[^{}]*\}", "", text)
+    prose = _PROSE_WORD.findall(latex_free)
     return len([w for w in prose if w.lower() not in ("and", "or")]) < 2

@@ -18,7 +18,7 @@ _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\{\}\^\\
 _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
 _TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)")
 _PERCENT = re.compile(r"\\?%")
-_EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
+_EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\s*\{,\}\s*|\s*,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
 _PLAIN_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _RELATION_ALIASES = {
@@ -154,5 +154,5 @@ def is_text_answer(raw: str) -> bool:
 
 def text_key(s: str) -> str:
     """Case- and punctuation-insensitive key of a word answer: `\\text{(C)}` -> `c`."""
-    s = _TEXT_WRAP.sub(lambda m: m.group(1), strip_wrappers(s))
+    s = re.sub(r"\\[A-Za-z]+", "", clean(s))  # leftover commands such as \displaystyle
     return re.sub(r"[^a-z0-9]", "", s.lower())

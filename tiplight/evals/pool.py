@@ -24,6 +24,7 @@ from pathlib import Path
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # each worker holds sympy (~150 MB); most grades never need one
 
 
 class Worker:
@@ -133,7 +134,7 @@ def get_pool(size: int | None = None) -> WorkerPool:
     global _POOL, _POOL_PID
     with _POOL_LOCK:
         if _POOL is None or os.getpid() != _POOL_PID:
-            _POOL, _POOL_PID = WorkerPool(size or os.cpu_count() or 1), os.getpid()
+            _POOL, _POOL_PID = WorkerPool(size or DEFAULT_WORKERS), os.getpid()
         elif size and size > _POOL.size:
             _POOL.size = size
         return _POOL
