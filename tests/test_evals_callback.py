@@ -18,7 +18,7 @@ PROBLEMS = [
 ]
 ANSWERS = {  # 4 samples per problem: p1 all right, p2 right twice in two spellings, p3 never
     "one": ["\\boxed{1}"] * 4,
-    "two": ["\\boxed{0.5}", "The answer is \\frac12.", "\\boxed{7}", "no idea"],
+    "two": ["\\boxed{0.5}", "The answer is \\frac12.", "\\boxed{7}", "I have no idea at all."],
     "three": ["\\boxed{4}"] * 4,
 }
 
@@ -132,3 +132,27 @@ def test_callback_is_configurable_from_yaml(bench):
     cb = cfg.eval
     assert (cb.num_samples, cb.every_n_steps, cb.limit, cb.benchmarks) == (16, 50, 2, [bench])
     assert "\\boxed{}" in cb.instruction
+
+
+def test_generation_is_sharded_and_records_gathered(bench, monkeypatch):
+    """Two ranks simulated in-process: each generates its shard; all_gather_object is replaced by one
+    that returns both shards, as gloo/nccl would."""
+    from types import SimpleNamespace
+
+    from tiplight.evals.metrics import compute_metrics
+
+    cb = MathEvalCallback(benchmarks=[bench], num_samples=4, batch_size=1)
+    shards = [
+        cb._run_shard(SimpleNamespace(global_rank=r, world_size=2), FakeStudent(), bench) for r in range(2)
+    ]
+    assert [[r["id"] for r in s] for s in shards] == [["p1", "p3"], ["p2"]]
+
+    def all_gather_object(out, obj):
+        out[:] = [shards[1], shards[0]]  # arrival order must not matter
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    records = cb._gather(shards[0])
+    assert [r["id"] for r in records] == ["p1", "p2", "p3"]
+    assert compute_metrics(records, 4)["mean@4"] == pytest.approx(6 / 12)

@@ -84,7 +84,7 @@ def test_timeout_holds_off_the_main_thread_and_replaces_the_worker():
     thread.start()
     thread.join(10)
     assert out["verdict"] is False
-    assert out["elapsed"] < 1.5
+    assert out["elapsed"] < 2.0  # 0.5 s timeout + kill; generous for a loaded 2-core machine
     assert pool.replaced == replaced + 1
     assert grade(r"\boxed{\sqrt{8}}", r"2\sqrt2") is True  # the replacement serves the next request
 
