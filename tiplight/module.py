@@ -330,8 +330,10 @@ class DistillModule(L.LightningModule):
     @contextmanager
     def no_sync(self):
         """Skip the gradient all-reduce of non-final micro-batches where the strategy can."""
-        block = getattr(self.trainer.strategy, "block_backward_sync", None)
-        with block() if block is not None else nullcontext():
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        with strategy.block_backward_sync() if isinstance(strategy, DDPStrategy) else nullcontext():
             yield
 
     # --- logging --------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""Run two OPD steps on tiny models under a strategy and write losses, kept sets and parameters.
+
+Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT``.
+Lightning re-launches this script once per extra rank.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import lightning as L
+import torch
+
+from tiplight.data import PromptDataModule
+from tiplight.module import DistillModule
+from tiplight.rollout import Sampling
+from tiplight.selection import SoftOrTopK
+
+
+class Recording(DistillModule):
+    """Records each step's global keep mask and loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record: list[dict] = []
+
+    def log_step(self, stats, weights, loss):
+        super().log_step(stats, weights, loss)
+        keep = self.global_keep(weights, stats.valid)
+        self.record.append({"loss": float(loss), "kept": keep.nonzero().tolist(), "valid": int(stats.valid.sum())})
+
+
+def strategy(name: str):
+    if name == "fsdp2":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    return "auto" if name == "single" else name
+
+
+def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
+    module = Recording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
+                       sampling=Sampling(max_new_tokens=8), micro_batch_size=2,
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy(name), max_steps=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0)
+    trainer.fit(module, data)
+    params = {}
+    for key, value in module.student.state_dict().items():
+        full = value.full_tensor() if hasattr(value, "full_tensor") else value
+        params[key] = full.detach().double().sum().item()
+    if trainer.global_rank == 0:
+        with open(out, "w") as f:
+            json.dump({"steps": module.record, "params": params}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

@@ -1,0 +1,36 @@
+"""DDP and FSDP2 (ModelParallelStrategy) with 2 gloo processes give the single-process result."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).with_name("distributed_run.py")
+
+
+def run(strategy: str, devices: int, tiny, prompts_file, tmp_path) -> dict:
+    out = tmp_path / f"{strategy}.json"
+    cmd = [sys.executable, str(SCRIPT), strategy, str(devices), tiny["teacher"], tiny["student"], prompts_file,
+           str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def single(tiny, prompts_file, tmp_path_factory):
+    return run("single", 1, tiny, prompts_file, tmp_path_factory.mktemp("single"))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_match_one(strategy, single, tiny, prompts_file, tmp_path):
+    multi = run(strategy, 2, tiny, prompts_file, tmp_path)
+    for one, two in zip(single["steps"], multi["steps"], strict=True):
+        assert one["kept"] == two["kept"] and one["valid"] == two["valid"]
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+    assert multi["params"].keys() == single["params"].keys()
+    for key, value in single["params"].items():
+        assert multi["params"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
