@@ -54,7 +54,8 @@ _UNIT_WORDS = (
 )
 _TEXT_CMD = r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|rm|textsf)"
 _TRAILING_TEXT_UNIT = re.compile(
-    rf"(?<=[\d}}) ])\s*{_TEXT_CMD}\s*\{{\s*(?:{_UNIT_WORDS})\s*\}}(?:\s*\^\s*\{{?[23]\}}?)?\s*$", re.I
+    # any words in a trailing \text{} after a number are a unit or a noun ("5 \text{ apples}")
+    rf"(?<=[\d}}) ])\s*{_TEXT_CMD}\s*\{{\s*[A-Za-z][A-Za-z .]*\}}(?:\s*\^\s*\{{?[23]\}}?)?\s*$"
 )
 # bare unit words need a space before them and at least two letters: "4m" and "2 x" keep their symbols
 _TRAILING_WORD_UNIT = re.compile(
@@ -124,7 +125,7 @@ def clean(s: str) -> str:
     s = _TEXT_WRAP.sub(lambda m: m.group(1).strip(), s)
     for pattern, repl in _FRAC_SHORT:
         s = pattern.sub(repl, s)
-    s = " ".join(s.split())
+    s = " ".join(s.split()).rstrip("\\").rstrip()  # a stray trailing backslash is noise
     s = strip_wrappers(s)
     if _PLAIN_THOUSANDS.match(s) or _SPACE_THOUSANDS.match(s):
         s = s.replace(",", "").replace(" ", "")
