@@ -22,7 +22,7 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(out: Path, chat_template: bool = False, extra: list[str] = ()) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", *CHARS, *extra])}

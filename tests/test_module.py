@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import make_data, make_module, make_trainer
 from transformers import AutoModelForCausalLM
 
-from helpers import make_data, make_module, make_trainer
 from tiplight.models import LoRA
 from tiplight.selection import SoftOrTopK
 

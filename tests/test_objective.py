@@ -92,7 +92,7 @@ def max_saved_numel(fn) -> int:
 
 def test_no_full_logits_are_saved_for_backward(setup):
     """The analytic memory bound: the graph keeps hidden states, never [K, V] logits, whatever K is."""
-    hidden, teacher_hidden, head, teacher_head, _ = setup
+    _, _, head, teacher_head, _ = setup
     n = 64
     h = torch.randn(n, D, requires_grad=True)
     t = torch.randn(n, DT)

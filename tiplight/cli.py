@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from lightning.pytorch.cli import LightningCLI
@@ -29,12 +30,20 @@ class TiplightCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``tiplight toy ...`` or a LightningCLI subcommand. Bad input ends with one sentence on stderr
+    (set ``TIPLIGHT_TRACEBACK=1`` for the full traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["toy"]:
-        from tiplight import toy
+    try:
+        if argv[:1] == ["toy"]:
+            from tiplight import toy
 
-        raise SystemExit(toy.main(argv[1:]))
-    TiplightCLI(args=argv)
+            raise SystemExit(toy.main(argv[1:]))
+        TiplightCLI(args=argv)
+    except ValueError as error:
+        if os.environ.get("TIPLIGHT_TRACEBACK"):
+            raise
+        print(f"tiplight: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

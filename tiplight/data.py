@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from tiplight.models import load_tokenizer
+from tiplight.paths import resolve
 
 OVERLONG = ("truncate", "skip")
 
@@ -35,11 +36,25 @@ class Prompt:
     answer: str
 
 
+def read_rows(source: str, field: str) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, a ``tiplight:`` packaged file, or a registered benchmark (``math_train``)."""
+    from tiplight.evals import BENCHMARKS, load_benchmark
+
+    if source in BENCHMARKS and not Path(source).is_file():
+        rows = load_benchmark(source)
+        if rows and field not in rows[0]:
+            raise ValueError(f"benchmark {source!r} has no field {field!r} (data.prompt_field); "
+                             f"its fields are {sorted(rows[0])}.")
+        return rows
+    return read_jsonl(resolve(source), field)
+
+
 def read_jsonl(path: str | Path, field: str) -> list[dict[str, Any]]:
     """Rows of a JSONL file; each must have ``field`` (a clear error names the file, line and field)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist; give a path to a JSONL file.")
+        raise ValueError(f"data file {str(path)!r} does not exist; give a JSONL path, a tiplight: path or a "
+                         "registered benchmark name (see tiplight.evals.BENCHMARKS).")
     rows = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -231,7 +246,7 @@ class PromptDataModule(L.LightningDataModule):
         return text, ids
 
     def load(self, files: list[str]) -> list[Prompt]:
-        rows = [row for f in files for row in read_jsonl(f, self.hparams.prompt_field)]
+        rows = [row for f in files for row in read_rows(f, self.hparams.prompt_field)]
         prompts = [p for i, row in enumerate(rows) if (p := self.encode(row, i)) is not None]
         return prompts
 

@@ -29,6 +29,7 @@ from tiplight.models import (
 )
 from tiplight.objective import selected_loss_sum
 from tiplight.parallel import all_gather_rows, parallelize, sum_over_ranks
+from tiplight.paths import resolve
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
 from tiplight.stats import RawStats, completion_hidden, token_stats
@@ -36,6 +37,7 @@ from tiplight.stats import RawStats, completion_hidden, token_stats
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
 
+DEFAULT_SAMPLING = Sampling()
 STATS_SCOPES = ("batch", "micro")
 DENOMINATORS = ("kept", "valid")
 LR_SCHEDULES = ("cosine", "constant")
@@ -99,7 +101,7 @@ class DistillModule(L.LightningModule):
         teacher_quantization: Quantization | None = None,
         lora: LoRA | None = None,
         gradient_checkpointing: bool = False,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = DEFAULT_SAMPLING,
         val_sampling: Sampling | None = None,
         divergence: str = "reverse_kl",
         jsd_beta: float = 0.5,
@@ -145,7 +147,7 @@ class DistillModule(L.LightningModule):
     # --- models --------------------------------------------------------------------------------------
     @property
     def tokenizer_source(self) -> str:
-        return self.hparams.tokenizer or self.hparams.student
+        return resolve(self.hparams.tokenizer or self.hparams.student)
 
     @property
     def tokenizer_field(self) -> str:
@@ -163,7 +165,7 @@ class DistillModule(L.LightningModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
-        source = ModelSource(hp.student, hp.dtype, hp.student_quantization)
+        source = ModelSource(resolve(hp.student), hp.dtype, hp.student_quantization)
         student = load_model(source, "model.student")
         if hp.lora is not None:
             with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the seed alone
@@ -174,8 +176,8 @@ class DistillModule(L.LightningModule):
         models = [student]
         if hp.teacher is not None:
             if hp.tokenizer is None:
-                check_tokenizers(self.tokenizer, load_tokenizer(hp.teacher, "model.teacher"))
-            teacher_source = ModelSource(hp.teacher, hp.teacher_dtype or hp.dtype, hp.teacher_quantization)
+                check_tokenizers(self.tokenizer, load_tokenizer(resolve(hp.teacher), "model.teacher"))
+            teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, hp.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher"))
             self.__dict__["_teacher"] = teacher
             models.append(teacher)
@@ -413,7 +415,7 @@ class DistillModule(L.LightningModule):
                              top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256,
                              seed: int = 0) -> list[list[str]]:
         """``num_samples`` completion texts per prompt (special tokens stripped)."""
-        from tiplight.data import collate, Prompt
+        from tiplight.data import Prompt, collate
 
         sampling = Sampling(temperature, top_p, top_k, max_new_tokens)
         encoded = [Prompt(str(i), p, self.tokenizer(p, add_special_tokens=False)["input_ids"], "")
