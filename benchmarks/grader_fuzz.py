@@ -47,8 +47,15 @@ def adversarial(marker: Path) -> list[str]:
         f"\\text{{{touch}}}", "().__class__.__bases__[0].__subclasses__()", "lambda: 0", "Symbol('x')",
         f"__import__('subprocess').call(['touch', '{marker}'])", "\\input{/etc/passwd}", "\\def\\x{\\x}\\x",
         "\\newcommand{\\a}{\\a}\\a", "\\csname x\\endcsname", "\x00\x01\x02", "\ud800", "∞ − ≤ ≥ ½ ⅓",
-        "\\boxed{\\text{" + "}" * 100 + "}}", "\\frac12" * 10000, "^" * 10000, "_" * 10000, "!" * 10000,
+        "\\boxed{\\text{" + "}" * 100 + "}}", _nested_sets(9), _nested_sets(9).replace("8", "9"), "\\frac12" * 10000, "^" * 10000, "_" * 10000, "!" * 10000,
     ]  # fmt: skip
+
+
+def _nested_sets(n: int) -> str:
+    """A set of n sets of n sets of n numbers: order-free matching costs up to n^6 comparisons."""
+    inner = "\\{" + ",".join(map(str, range(n))) + "\\}"
+    middle = "\\{" + ",".join([inner] * n) + "\\}"
+    return "\\{" + ",".join([middle] * n) + "\\}"
 
 
 def generated(rng: random.Random, n: int) -> list[str]:

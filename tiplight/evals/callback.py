@@ -136,16 +136,23 @@ class MathEvalCallback(pl.Callback):
 
     def _run_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> list[dict]:
         """Generate and grade this rank's share of the problems."""
-        problems = list(enumerate(self._problems(name)))[trainer.global_rank :: trainer.world_size]
+        everything = list(enumerate(self._problems(name)))
+        problems = everything[trainer.global_rank :: trainer.world_size]
+        # equal shard sizes on every rank: sharded models (FSDP) need the same number and shape of
+        # generate calls everywhere, so a short shard repeats its first problem and drops the result
+        longest = -(-len(everything) // trainer.world_size)
+        real = len(problems)
+        problems += problems[:1] * (longest - real)
         records = []
         for start in range(0, len(problems), self.batch_size):
             chunk = problems[start : start + self.batch_size]
             prompts = [pl_module.format_prompt(p["problem"], self.instruction) for _, p in chunk]
             completions = pl_module.generate_completions(
                 prompts, num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
-                top_k=self.top_k, max_new_tokens=self.max_new_tokens, seed=self.seed + start,
+                top_k=self.top_k, max_new_tokens=self.max_new_tokens, seed=self.seed + chunk[0][0],
             )  # fmt: skip
-            records += self._grade_chunk(chunk, completions)
+            keep = max(0, min(len(chunk), real - start))
+            records += self._grade_chunk(chunk[:keep], completions[:keep])
         return records
 
     def _grade_chunk(self, chunk: list[tuple[int, dict]], completions: list[list[str]]) -> list[dict]:

@@ -38,10 +38,22 @@ class Comparator(Protocol):
 
 
 class FastComparator:
-    """Exact in-process decisions for plain numbers, base-b numerals and identical strings."""
+    """Exact in-process decisions for plain numbers, base-b numerals and identical strings.
+
+    The in-process path cannot be killed, so it has a budget of scalar comparisons (nested find-all
+    sets could otherwise cost |items|^(2 * depth)); past it, the pair goes to a worker with a timeout.
+    """
+
+    budget: int = 5_000
+
+    def _spend(self) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise Undecided
 
     def scalar(self, pred: str, gold: str) -> bool:
         """See `Comparator.scalar`; raises `Undecided` when sympy is needed."""
+        self._spend()
         pred, gold = pred.strip(), gold.strip()
         if pred == gold:
             return True

@@ -129,7 +129,7 @@ def extract_answer(text: str) -> str | None:
 
 def _looks_like_expression(text: str) -> bool:
     """A short answer without prose: `x = 5`, `\\frac{1}{2}`, `\\text{Evelyn}`, `1, 2 and 3`."""
-    if len(text) > 300 or "\n\n" in text:
+    if len(text) > 4000 or "\n\n" in text:
         return False
     latex_free = re.sub(r"\\(?:text|mathrm|mbox|textbf|begin|end)\{[^{}]*\}", "", text)
     prose = _PROSE_WORD.findall(latex_free)

@@ -102,6 +102,8 @@ def _decimal_as_fraction(m: re.Match) -> str:
 class SympyComparator(FastComparator):
     """Exact first (fast path, `simplify`), then high-precision numerics with relative tolerance."""
 
+    budget = 10**12  # runs in a worker, where the hard limit is the parent's deadline
+
     def scalar(self, pred: str, gold: str) -> bool:
         """See `equivalence.Comparator.scalar`."""
         try:
