@@ -30,7 +30,7 @@ from tiplight.models import (
 from tiplight.objective import selected_loss_sum
 from tiplight.parallel import all_gather_rows, parallelize, sum_over_ranks
 from tiplight.paths import resolve
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
 from tiplight.stats import RawStats, completion_hidden, token_stats
 
@@ -234,7 +234,7 @@ class DistillModule(L.LightningModule):
         student = self.student
         was_training = student.training
         student.eval()
-        eos = _eos_ids(self.tokenizer, student)
+        eos = eos_token_ids(self.tokenizer, student)
         ids, mask, keys = batch["input_ids"], batch["attention_mask"], batch["keys"]
         for rows in torch.arange(len(ids)).split(self.hparams.generation_batch_size):
             parts.append(self.engine.generate(
@@ -242,7 +242,7 @@ class DistillModule(L.LightningModule):
                 eos_token_ids=eos, pad_token_id=self.tokenizer.pad_token_id, vocab_size=self.vocab_size,
             ))
         student.train(was_training)
-        return _cat_rollouts(parts, self.tokenizer.pad_token_id)
+        return Rollout.cat(parts, self.tokenizer.pad_token_id)
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
@@ -373,7 +373,7 @@ class DistillModule(L.LightningModule):
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""
-        local = torch.cat([_pad_right(w, valid.shape[1]) for w in weights]) > 0
+        local = torch.cat([pad_right(w, valid.shape[1]) for w in weights]) > 0
         (gathered,), _ = all_gather_rows(self, [local])
         return gathered[:, : valid.shape[1]]
 
@@ -428,33 +428,8 @@ class DistillModule(L.LightningModule):
         return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def _eos_ids(tokenizer, model: nn.Module) -> list[int]:
-    """EOS ids from the tokenizer and the model's generation config (chat models end turns differently)."""
-    ids = {tokenizer.eos_token_id}
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
-    return sorted(i for i in ids if i is not None)
-
-
-def _pad_right(x: torch.Tensor, width: int, value: int | float = 0) -> torch.Tensor:
-    return nn.functional.pad(x, (0, width - x.shape[1]), value=value)
-
-
-def _cat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
-    """One rollout from generation chunks (same prompt padding, completions of different lengths)."""
-    if len(parts) == 1:
-        return parts[0]
-    width = max(p.input_ids.shape[1] for p in parts)
-    return Rollout(
-        torch.cat([_pad_right(p.input_ids, width, pad_id) for p in parts]),
-        torch.cat([_pad_right(p.attention_mask, width) for p in parts]),
-        torch.cat([_pad_right(p.completion_mask, width - parts[0].prompt_length) for p in parts]),
-        parts[0].prompt_length,
-    )
-
-
 def _cat_stats(parts: list[TokenStats]) -> TokenStats:
     """Concatenate per-micro-batch statistics (for logging in ``micro`` scope)."""
     width = max(p.valid.shape[1] for p in parts)
     fields = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
-    return TokenStats(**{f: torch.cat([_pad_right(getattr(p, f), width) for p in parts]) for f in fields})
+    return TokenStats(**{f: torch.cat([pad_right(getattr(p, f), width) for p in parts]) for f in fields})

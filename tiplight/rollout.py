@@ -55,6 +55,19 @@ class Rollout:
         """``[R, C]`` generated token ids (pads after EOS)."""
         return self.input_ids[:, self.prompt_length :]
 
+    @staticmethod
+    def cat(parts: list[Rollout], pad_id: int) -> Rollout:
+        """One rollout from generation chunks (same prompt padding, completions of different lengths)."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.input_ids.shape[1] for p in parts)
+        return Rollout(
+            torch.cat([pad_right(p.input_ids, width, pad_id) for p in parts]),
+            torch.cat([pad_right(p.attention_mask, width) for p in parts]),
+            torch.cat([pad_right(p.completion_mask, width - parts[0].prompt_length) for p in parts]),
+            parts[0].prompt_length,
+        )
+
     def split(self, size: int) -> list[Rollout]:
         """Micro-batches of at most ``size`` rollouts."""
         return [
@@ -63,6 +76,19 @@ class Rollout:
                 self.input_ids.split(size), self.attention_mask.split(size), self.completion_mask.split(size)
             )
         ]
+
+
+def pad_right(x: torch.Tensor, width: int, value: int | float = 0) -> torch.Tensor:
+    """Right-pad the last dimension of ``[R, C]`` to ``width``."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:
+    """EOS ids from the tokenizer and the model's generation config (chat models end turns differently)."""
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, list) else [config_eos])
+    return sorted(i for i in ids if i is not None)
 
 
 def _fmix32(x: torch.Tensor) -> torch.Tensor:
