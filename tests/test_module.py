@@ -23,6 +23,10 @@ def test_fit_trains_the_student_only(tiny, prompts_file, tmp_path):
     for key in ("time/rollout", "time/score", "time/update", "train/entropy", "train/rkl",
                 "train/completion_length", "quadrant/Q3_all", "quadrant/Q3_kept"):
         assert key in metrics
+    record = module.last_step
+    assert record.weights.shape == record.stats.valid.shape == record.rollout.completion_mask.shape
+    assert torch.equal(record.stats.valid, record.rollout.completion_mask)
+    assert ((record.weights > 0) <= record.stats.valid).all()
     teacher = module.teacher
     assert not teacher.training and all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}

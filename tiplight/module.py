@@ -48,6 +48,16 @@ def _adamw(params) -> torch.optim.Optimizer:
 
 
 @dataclass
+class StepRecord:
+    """The last training step on this rank, for diagnostics: its rollouts, their statistics (normalised
+    over the stats scope) and the selector's weights (0 = not kept), all ``[R_local, C]``."""
+
+    rollout: Rollout
+    stats: TokenStats
+    weights: torch.Tensor
+
+
+@dataclass
 class Scored:
     """One micro-batch after scoring: its rollout, teacher hidden states, raw stats (and student graph)."""
 
@@ -142,6 +152,7 @@ class DistillModule(L.LightningModule):
         self.student: nn.Module | None = None
         self.tokenizer = None
         self.vocab_size = 0
+        self.last_step: StepRecord | None = None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
 
     # --- models --------------------------------------------------------------------------------------
@@ -224,7 +235,9 @@ class DistillModule(L.LightningModule):
         """One on-policy step: rollout, score, select, update, log."""
         rollout = self.timed("rollout", self.rollout, batch, self.sampling, self.hparams.seed)
         parts = self.timed("score", self.score, rollout, self.single_pass(rollout))
-        stats, weights = self.timed("select", self.select, parts, batch["batch_index"])
+        stats, weights, rows = self.timed("select", self.select, parts, batch["batch_index"])
+        self.last_step = StepRecord(rollout, _slice_stats(stats, rows, rollout.completion_mask.shape[1]),
+                                    torch.cat([pad_right(w, rollout.completion_mask.shape[1]) for w in weights]))
         loss = self.timed("update", self.update, parts, weights)
         self.log_step(stats, weights, loss)
 
@@ -268,13 +281,17 @@ class DistillModule(L.LightningModule):
             hidden = completion_hidden(self.teacher, mb.input_ids, mb.attention_mask, mb.prompt_length)
         return hidden.clone()
 
-    def select(self, parts: list[Scored], batch_index: int) -> tuple[TokenStats, list[torch.Tensor]]:
-        """Normalise over the stats scope and select; returns global stats and per-part float weights."""
+    def select(self, parts: list[Scored], batch_index: int) -> tuple[TokenStats, list[torch.Tensor], slice]:
+        """Normalise over the stats scope and select.
+
+        Returns the scope's stats (the whole step's, gathered over ranks, in ``batch`` scope), per-part
+        float weights (0 = not kept) and the rows of the stats that are this rank's rollouts."""
         device = parts[0].raw.entropy.device
         generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
         if self.hparams.stats_scope == "micro":
             picked = [self._select(p.raw, p.rollout.completion_mask, generator) for p in parts]
-            return _cat_stats([s for s, _ in picked]), [w for _, w in picked]
+            stats = _cat_stats([s for s, _ in picked])
+            return stats, [w for _, w in picked], slice(0, len(stats.valid))
         raw = RawStats.cat([p.raw for p in parts])
         valid = RawStats.cat([RawStats(p.rollout.completion_mask, p.rollout.completion_mask,
                                        p.rollout.completion_mask) for p in parts]).entropy.bool()
@@ -282,7 +299,7 @@ class DistillModule(L.LightningModule):
         stats, weights = self._select(RawStats(entropy, rkl, fkl), valid, generator)
         local = weights[rows]
         return stats, [w[:, : p.rollout.completion_mask.shape[1]] for w, p in
-                       zip(local.split([len(p.rollout.input_ids) for p in parts]), parts)]
+                       zip(local.split([len(p.rollout.input_ids) for p in parts]), parts)], rows
 
     def _select(self, raw: RawStats, valid: torch.Tensor, generator: torch.Generator):
         stats = TokenStats.from_raw(raw.entropy, raw.rkl, raw.fkl, valid)
@@ -433,3 +450,9 @@ def _cat_stats(parts: list[TokenStats]) -> TokenStats:
     width = max(p.valid.shape[1] for p in parts)
     fields = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
     return TokenStats(**{f: torch.cat([pad_right(getattr(p, f), width) for p in parts]) for f in fields})
+
+
+def _slice_stats(stats: TokenStats, rows: slice, width: int) -> TokenStats:
+    """Rows ``rows`` of ``stats``, cut or padded to ``width`` completion positions."""
+    fields = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
+    return TokenStats(**{f: pad_right(getattr(stats, f)[rows, :width], width) for f in fields})
