@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
             from tiplight import toy
 
             raise SystemExit(toy.main(argv[1:]))
+        if argv[:1] == ["analyze"]:
+            from tiplight import diagnostics
+
+            raise SystemExit(diagnostics.main(argv[1:]))
         TiplightCLI(args=argv)
     except ValueError as error:
         if os.environ.get("TIPLIGHT_TRACEBACK"):
