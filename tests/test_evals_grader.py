@@ -39,6 +39,12 @@ def test_case_table(case):
         (r"  \frac{3}{4}  ", r"\frac{3}{4}"),
         ("There are 5 cats and 7 dogs in the story here", "7"),
         ("No numbers at all in this rather long sentence", None),
+        ("Therefore x = 5.", "5"),
+        (r"It equals $\frac{1}{2}$.", r"\frac{1}{2}"),
+        (r"So $$\frac{1}{2}$$", r"\frac{1}{2}"),
+        ("The value of $x$ is 3, so the perimeter is 12 units.", "12"),
+        ("**Final answer**: 12", "12"),
+        ("Evelyn", "Evelyn"),
         ("", None),
     ],
 )

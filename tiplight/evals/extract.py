@@ -18,10 +18,12 @@ _STOP_TOKENS = (
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _SENTENCE = re.compile(
-    r"(?:\bfinal\s+answer\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*", re.I
+    r"(?:\bfinal\s+answer\s*\**\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*", re.I
 )
 _BARE_TOKEN = re.compile(r"\s*([^\s$.,]{1,200})")
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
+_DOLLAR = re.compile(r"(?<!\\)\$\$?")
+_PAREN_MATH = re.compile(r"\\\((.{1,300}?)\\\)")
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?![\w.]\d)")
 _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
@@ -123,14 +125,35 @@ def extract_answer(text: str) -> str | None:
     bold = list(_BOLD.finditer(text[-2000:]))
     if bold:
         return bold[-1].group(1).strip()
-    numbers = list(_NUMBER.finditer(text[-5000:]))
+    tail = text[-5000:]
+    math = _last_inline_math(tail)
+    numbers = list(_NUMBER.finditer(tail))
+    if math and (not numbers or numbers[-1].start() < math[1]):
+        return math[2]  # "It equals $\\frac{1}{2}$.": the last number would be the denominator
     return numbers[-1].group(0) if numbers else None
+
+
+def _last_inline_math(text: str) -> tuple[int, int, str] | None:
+    """(start, end, content) of the last `$...$` or `\\(...\\)`, pairing `$` signs left to right."""
+    dollars = list(_DOLLAR.finditer(text))  # `$$` counts as one delimiter
+    spans = [(a.start(), b.end(), text[a.end() : b.start()]) for a, b in zip(dollars[::2], dollars[1::2])]
+    spans += [(m.start(), m.end(), m.group(1)) for m in _PAREN_MATH.finditer(text)]
+    spans = [sp for sp in spans if sp[2].strip() and len(sp[2]) <= 300]
+    if not spans:
+        return None
+    start, end, content = max(spans)
+    return start, end, content.strip()
 
 
 def _looks_like_expression(text: str) -> bool:
     """A short answer without prose: `x = 5`, `\\frac{1}{2}`, `\\text{Evelyn}`, `1, 2 and 3`."""
     if len(text) > 4000 or "\n\n" in text:
         return False
+    if _DOLLAR.search(text) and not (text.startswith("$") and text.endswith("$")):
+        return False  # prose around math mode: "So $$\\frac{1}{2}$$"
     latex_free = re.sub(r"\\(?:text|mathrm|mbox|textbf|begin|end)\{[^{}]*\}", "", text)
     prose = _PROSE_WORD.findall(latex_free)
-    return len([w for w in prose if w.lower() not in ("and", "or")]) < 2
+    if not [w for w in prose if w.lower() not in ("and", "or")]:
+        return True
+    # a few words without a full stop: "Evelyn", "no solution", "5 apples"; not "Therefore x = 5."
+    return len(text.split()) <= 3 and not text.endswith(".")
