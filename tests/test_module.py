@@ -134,3 +134,51 @@ def test_mismatched_tokenizers_fail_at_start(tiny, prompts_file, tmp_path):
     module = make_module(tiny, teacher=str(other))
     with pytest.raises(ValueError, match="different tokenizers"):
         make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
+
+
+def naive_step_loss(module, record, divergence):
+    """The loss from full logits of both models over the whole rollout, masked by the kept weights."""
+    r = record.rollout
+    mask = r.attention_mask
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        s = module.student(input_ids=r.input_ids, attention_mask=mask, position_ids=pos).logits
+        t = module.teacher(input_ids=r.input_ids, attention_mask=mask, position_ids=pos).logits
+    span = slice(r.prompt_length - 1, r.input_ids.shape[1] - 1)
+    v = module.vocab_size
+    per_token = divergence(s[:, span, :v].flatten(0, 1), t[:, span, :v].flatten(0, 1)).view_as(record.weights)
+    return per_token, record.weights
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(selector=SoftOrTopK(0.5)),
+    dict(selector=SoftOrTopK(0.5), stats_scope="micro", micro_batch_size=3),
+    dict(denominator="valid", micro_batch_size=2),
+    dict(divergence="jsd", jsd_beta=0.3),
+    dict(divergence="forward_kl", chunk_size=3),
+])
+def test_logged_loss_equals_the_direct_formula(tiny, prompts_file, tmp_path, kwargs):
+    from tiplight import losses
+
+    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **kwargs)
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, make_data(prompts_file))
+    divergence = losses.get_divergence(kwargs.get("divergence", "reverse_kl"), kwargs.get("jsd_beta", 0.5))
+    per_token, weights = naive_step_loss(module, module.last_step, divergence)
+    denominator = module.last_step.stats.valid.sum() if kwargs.get("denominator") == "valid" else (weights > 0).sum()
+    expected = (per_token * weights).sum() / denominator
+    torch.testing.assert_close(trainer.callback_metrics["train/loss"], expected, rtol=1e-4, atol=1e-6)
+    if kwargs.get("stats_scope") == "micro":  # each micro-batch of 3 rollouts keeps its own top half
+        for rows in (slice(0, 3), slice(3, 6), slice(6, 8)):
+            kept = (weights[rows] > 0).sum(1)
+            assert torch.equal(kept, module.last_step.stats.valid[rows].sum(1) // 2)
+
+
+def test_importance_weighted_entropy_sampling_trains(tiny, prompts_file, tmp_path):
+    from tiplight.selection import EntropySampling
+
+    module = make_module(tiny, selector=EntropySampling(0.5, importance_weights=True), denominator="valid")
+    trainer = make_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, make_data(prompts_file))
+    weights = module.last_step.weights
+    assert (weights[weights > 0] >= 1).all() and torch.isfinite(trainer.callback_metrics["train/loss"])
