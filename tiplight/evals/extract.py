@@ -18,7 +18,8 @@ _STOP_TOKENS = (
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
 _SENTENCE = re.compile(
-    r"(?:\bfinal\s+answer\s*\**\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*", re.I
+    r"(?:\bfinal\s+answer\s*\**\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*",
+    re.I,
 )
 _BARE_TOKEN = re.compile(r"\s*([^\s$.,]{1,200})")
 _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)

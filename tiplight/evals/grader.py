@@ -45,6 +45,8 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
 def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
     """(pred, gold answer, verdict-or-None) for one pair; never raises."""
     try:
+        if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+            gold = str(gold)  # AIME-style integer golds
         pred = extract_answer(response)
         if pred is None or not isinstance(gold, str):
             return "", "", False

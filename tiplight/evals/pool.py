@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import queue
 import select
@@ -22,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+logger = logging.getLogger("tiplight.evals")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # each worker holds sympy (~150 MB); most grades never need one
@@ -59,7 +61,10 @@ class Worker:
                 return None
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return bool(json.loads(line)["ok"])
+        reply = json.loads(line)
+        for note in reply.get("notes", ()):
+            logger.debug("grader: %s", note)
+        return bool(reply["ok"])
 
     def kill(self) -> None:
         """Kill and reap the process (no waiting on a hung worker beyond the kill itself)."""
@@ -100,6 +105,7 @@ class WorkerPool:
             return None
         verdict = worker.request(pred, gold, deadline)
         if verdict is None:  # overran or died: replace it now, never wait for it
+            logger.debug("grader: worker timed out or died on %r vs %r; replacing it", pred[:80], gold[:80])
             worker.kill()
             self.replaced += 1
             self._idle.put(Worker())
@@ -161,14 +167,15 @@ def _serve() -> None:
     from tiplight.evals.equivalence import equivalent
     from tiplight.evals.symbolic import SympyComparator
 
-    comparator = SympyComparator()
     for line in sys.stdin.buffer:
+        comparator = SympyComparator()
         try:
             request = json.loads(line)
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
-        except BaseException:  # any failure, including MemoryError and RecursionError, is "not equal"
+        except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False
-        out.write(json.dumps({"ok": ok}).encode() + b"\n")
+            comparator.notes.append(f"{type(exc).__name__}: {str(exc)[:100]}")
+        out.write(json.dumps({"ok": ok, "notes": comparator.notes[:3]}).encode() + b"\n")
 
 
 if __name__ == "__main__":

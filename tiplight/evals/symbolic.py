@@ -104,6 +104,20 @@ class SympyComparator(FastComparator):
 
     budget = 10**12  # runs in a worker, where the hard limit is the parent's deadline
 
+    def __init__(self) -> None:
+        self.notes: list[str] = []  # why a comparison failed (parse errors, refusals), for logging
+
+    def _parse_pair(self, pred: str, gold: str):
+        """Both sides parsed, or (None, None) with a note naming the string that did not parse."""
+        parsed = []
+        for side in (pred, gold):
+            try:
+                parsed.append(to_sympy(side))
+            except Exception as exc:  # the grammar raises bare Exceptions on malformed input
+                self.notes.append(f"unparsable {side[:80]!r}: {str(exc).splitlines()[0][:80]}")
+                return None, None
+        return parsed[0], parsed[1]
+
     def scalar(self, pred: str, gold: str) -> bool:
         """See `equivalence.Comparator.scalar`."""
         try:
@@ -111,8 +125,9 @@ class SympyComparator(FastComparator):
         except Undecided:
             pass
         if too_costly(pred) or too_costly(gold):
+            self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
             return False
-        p, g = _parse_pair(pred, gold)
+        p, g = self._parse_pair(pred, gold)
         if p is None or g is None:
             return False
         return _equal(p, g, pred, gold)
@@ -124,8 +139,9 @@ class SympyComparator(FastComparator):
         except Undecided:
             pass
         if too_costly(pred) or too_costly(gold):
+            self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
             return False
-        p, g = _parse_pair(pred, gold)
+        p, g = self._parse_pair(pred, gold)
         if p is None or g is None or not hasattr(p, "free_symbols") or g == 0:
             return False
         from sympy import simplify
@@ -134,13 +150,6 @@ class SympyComparator(FastComparator):
         if ratio.free_symbols or ratio == 0 or not ratio.is_finite:
             return False
         return bool(ratio.is_positive) if positive else True
-
-
-def _parse_pair(pred: str, gold: str):
-    try:
-        return to_sympy(pred), to_sympy(gold)
-    except Exception:  # the grammar raises bare Exceptions on malformed input
-        return None, None
 
 
 def _equal(p, g, pred: str, gold: str) -> bool:
