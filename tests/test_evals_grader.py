@@ -118,3 +118,15 @@ def test_grade_inside_a_daemonic_worker_process():
         (slow, slow_s), (ok, _) = pool.map(_grade_in_child, [SLOW_PAIR, (r"\boxed{\sqrt{8}}", r"2\sqrt2")])
     assert slow is False and slow_s < 1.5
     assert ok is True
+
+
+def test_math_train_solutions_grade_as_their_own_answers():
+    """7498 real solution texts (prose, align blocks, asy code, several boxes) against the answer field.
+
+    The field is the solution's last box, so the 6 known misses are multi-box answers that the checker
+    reads in full (`\\boxed{1}` and `\\boxed{9}` -> "1, 9"), plus one sentence after the box."""
+    from tiplight.evals import load_benchmark
+
+    rows = [r for r in load_benchmark("math_train") if r["answer"]]
+    verdicts = grade_many([r["solution"] for r in rows], [r["answer"] for r in rows])
+    assert len(rows) == 7498 and sum(verdicts) >= 7490

@@ -91,8 +91,13 @@ def _sentence_answer(text: str, start: int) -> str | None:
             end = _unescaped(rest, right, len(left))
             return rest[len(left) : end].strip() if end > 0 else None
     m = re.match(r"(.+?)(?:\.\s|\.$|\n|$)", rest)
-    answer = _HOPE.sub("", m.group(1)).strip().strip("*").strip() if m else ""
+    answer = _HOPE.sub("", m.group(1)).strip().strip("*").rstrip("?!").strip() if m else ""
     return answer or None
+
+
+def _mathy(answer: str) -> bool:
+    """A short statement with mathematics in it (a digit, a command, a relation) or a choice letter."""
+    return len(answer) <= 80 and bool(re.search(r"[\d\\=<>]", answer) or re.fullmatch(r"\(?[A-Ea-e]\)?", answer))
 
 
 def _unescaped(text: str, token: str, start: int) -> int:
@@ -116,7 +121,7 @@ def extract_answer(text: str) -> str | None:
         if m.start() < after or tries >= 20:  # only a sentence after the last box can override it
             break
         answer = _sentence_answer(text, m.end())
-        if answer:
+        if answer and (after < 0 or _mathy(answer)):  # "...so the answer is correct." keeps the box
             candidates.append((m.start(), answer))
             break
     if candidates:
