@@ -86,7 +86,7 @@ def strip_wrappers(s: str) -> str:
         for cmd in ("\\boxed", "\\fbox"):
             if s.startswith(cmd + "{") and s.endswith("}") and _matching_brace(s, len(cmd)) == len(s) - 1:
                 s, changed = s[len(cmd) + 1 : -1].strip(), True
-        if s.endswith(".") and not re.search(r"\d\.$", s[-2:]):
+        if s.endswith("."):
             s, changed = s[:-1].rstrip(), True
     return s
 
