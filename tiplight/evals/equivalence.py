@@ -12,13 +12,15 @@ import re
 from fractions import Fraction
 from typing import Protocol
 
-from tiplight.evals.normalize import clean, is_text_answer, text_key
+from tiplight.evals.normalize import clean, is_text_answer, text_key, text_key_raw
 from tiplight.evals.parse import Node, exact_number, parse_node
 
 _SYMBOL = re.compile(r"[A-Za-z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|rho|sigma|tau)")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _FLIP = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le", "=": "=", "\\ne": "\\ne"}
 MAX_ITEMS = 64
+_CHOICE = re.compile(r"\(([A-E])\)")
+_CHOICE_PREFIX = re.compile(r"\(?([A-Ea-e])(?:\)|$)")
 
 
 class Undecided(Exception):
@@ -94,6 +96,12 @@ def numbers_match(p: Fraction, p_dec: int | None, g: Fraction, g_dec: int | None
 
 def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     """Is the (extracted) pred answer equivalent to the gold answer? May raise `Undecided`."""
+    choice = _CHOICE.fullmatch(text_key_raw(gold))
+    if choice:  # multiple choice: "C", "(C)", "\\text{(C)}", or "(C) 12" with the value after the letter
+        key = text_key_raw(pred)
+        stated = _CHOICE_PREFIX.match(key)
+        hedged = len(set(re.findall(r"\(([A-Ea-e])\)", key.upper()))) > 1  # "(C) and (D)"
+        return bool(stated) and not hedged and stated.group(1).lower() == choice.group(1).lower()
     if is_text_answer(gold):
         return text_key(pred) == text_key(gold) and bool(text_key(gold))
     p, g = clean(pred), clean(gold)

@@ -97,7 +97,9 @@ def _sentence_answer(text: str, start: int) -> str | None:
 
 def _mathy(answer: str) -> bool:
     """A short statement with mathematics in it (a digit, a command, a relation) or a choice letter."""
-    return len(answer) <= 80 and bool(re.search(r"[\d\\=<>]", answer) or re.fullmatch(r"\(?[A-Ea-e]\)?", answer))
+    return len(answer) <= 80 and bool(
+        re.search(r"[\d\\=<>]", answer) or re.fullmatch(r"\(?[A-Ea-e]\)?", answer)
+    )
 
 
 def _unescaped(text: str, token: str, start: int) -> int:

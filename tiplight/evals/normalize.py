@@ -17,6 +17,7 @@ _BINOM_VARIANTS = re.compile(r"\\[dt]binom(?![a-zA-Z])")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\{\}\^\\circ")
 _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
 _TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)")
+_REPEATING = re.compile(r"(\d*)\.(\d{0,20})\\overline\{(\d{1,20})\}")
 _PERCENT = re.compile(r"\\?%")
 _EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\s*\{,\}\s*|\s*,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
 _PLAIN_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -39,6 +40,9 @@ _RELATION_ALIASES = {
     "\\cdots": "\\ldots",
     "\\mathrm{e}": "e",
     "\\mathrm{i}": "i",
+    "\\mathbb{R}": "(-\\infty,\\infty)",
+    "\\{\\}": "\\emptyset",
+    "\\{ \\}": "\\emptyset",
     "\\operatorname{e}": "e",
     "\\times": "\\cdot",
 }
@@ -123,6 +127,7 @@ def clean(s: str) -> str:
     s = _drop_units(s)
     s = re.sub(r",\s*,", ",", _AND_OR.sub(", ", s))
     s = _TEXT_WRAP.sub(lambda m: m.group(1).strip(), s)
+    s = _REPEATING.sub(_repeating_as_fraction, s)
     for pattern, repl in _FRAC_SHORT:
         s = pattern.sub(repl, s)
     s = " ".join(s.split()).rstrip("\\").rstrip()  # a stray trailing backslash is noise
@@ -130,6 +135,14 @@ def clean(s: str) -> str:
     if _PLAIN_THOUSANDS.match(s) or _SPACE_THOUSANDS.match(s):
         s = s.replace(",", "").replace(" ", "")
     return s
+
+
+def _repeating_as_fraction(m: re.Match) -> str:
+    """`0.1\\overline{6}` -> `\\frac{15}{90}`, exactly."""
+    whole, fixed, rep = m.group(1) or "0", m.group(2), m.group(3)
+    den = 10 ** len(fixed) * (10 ** len(rep) - 1)
+    num = int(whole + fixed + rep) - int(whole + fixed)
+    return f"\\frac{{{num}}}{{{den}}}"
 
 
 def _drop_units(s: str) -> str:
@@ -157,3 +170,9 @@ def text_key(s: str) -> str:
     """Case- and punctuation-insensitive key of a word answer: `\\text{(C)}` -> `c`."""
     s = re.sub(r"\\[A-Za-z]+", "", clean(s))  # leftover commands such as \displaystyle
     return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def text_key_raw(s: str) -> str:
+    """The answer with wrappers, `\\text`-like commands and spaces removed, case kept: `\\text{(C)}` -> `(C)`."""
+    s = _TEXT_WRAP.sub(lambda m: m.group(1), strip_wrappers(s))
+    return re.sub(r"\\[A-Za-z]+|\s", "", s)
