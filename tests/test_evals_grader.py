@@ -13,7 +13,12 @@ from tiplight.evals import extract_answer, grade, grade_many
 from tiplight.evals.pool import get_pool
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "grader_cases.jsonl").open()]
-SLOW_PAIR = (r"\boxed{\sin(10^{4000})}", "1")  # sympy needs seconds: forces a worker timeout
+# sympy's simplify needs seconds here (the extra y forces it): a worker timeout at 0.5 s
+SLOW_PAIR = (
+    r"\boxed{\frac{\sin(x)^{6}+\cos(x)^{6}+3\sin(x)^2\cos(x)^2}{\tan(x)^2+1}"
+    r"+\frac{\sin(3x)\cos(5x)+\tan(2x)^{3}}{\cosh(x)^{2}-\sinh(x)^{2}}}",
+    r"\cos(x)^2+\sin(3x)\cos(5x)+\tan(2x)^{3}+y-y",
+)
 
 
 def test_case_table_is_large_and_hard_enough():
