@@ -80,6 +80,7 @@ class MathEvalCallback(pl.Callback):
         self.grade_timeout, self.grade_workers = grade_timeout, grade_workers
         self.results: dict[str, dict[str, dict[str, float]]] = {}
         self._last_step = -1
+        self._loaded: dict[str, list[dict]] = {}
         for name in self.benchmarks:  # fail at start-up, not after an hour of training
             self._problems(name)
 
@@ -127,8 +128,10 @@ class MathEvalCallback(pl.Callback):
         return results
 
     def _problems(self, name: str) -> list[dict]:
-        problems = load_benchmark(name)
-        return problems[: self.limit] if self.limit else problems
+        if name not in self._loaded:  # read once; every evaluation uses the same problems
+            problems = load_benchmark(name)
+            self._loaded[name] = problems[: self.limit] if self.limit else problems
+        return self._loaded[name]
 
     @staticmethod
     def _label(name: str) -> str:
