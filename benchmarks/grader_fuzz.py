@@ -29,6 +29,16 @@ TOKENS = [
 ]  # fmt: skip
 
 
+# pairs that need seconds of sympy (simplify is forced by the extra y): they must time out and be killed
+SLOW_PAIRS = [
+    (
+        "\\frac{\\sin(x)^{6}+\\cos(x)^{6}+3\\sin(x)^2\\cos(x)^2}{\\tan(x)^2+1}"
+        "+\\frac{\\sin(3x)\\cos(5x)+\\tan(2x)^{3}}{\\cosh(x)^{2}-\\sinh(x)^{2}}",
+        "\\cos(x)^2+\\sin(3x)\\cos(5x)+\\tan(2x)^{3}+y-y",
+    )
+]
+
+
 def adversarial(marker: Path) -> list[str]:
     """Hand-made hostile inputs: towers, huge factorials, deep nesting, huge strings, code payloads."""
     touch = f"__import__('os').system('touch {marker}')"
@@ -93,6 +103,7 @@ def main() -> None:
         [(s, rng.choice(golds)) for s in hostile] + [(s, s) for s in hostile] + [("1", s) for s in hostile]
     )
     pairs += [(a, b) for a, b in zip(generated(rng, args.n // 4), generated(rng, args.n // 4))]
+    pairs += SLOW_PAIRS * 5
     pool = get_pool(2)
     pool.warmup()
     start = time.monotonic()
