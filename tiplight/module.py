@@ -171,6 +171,13 @@ class DistillModule(L.LightningModule):
         checkpoint, and no DDP bucket."""
         return self.__dict__.get("_teacher")
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the models are sharded over ranks (FSDP): then collectives run inside every forward."""
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        return self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
     def configure_model(self) -> None:
         if self.student is not None:
             return
@@ -253,6 +260,7 @@ class DistillModule(L.LightningModule):
             parts.append(self.engine.generate(
                 student, ids[rows], mask[rows], sampling=sampling, seed=seed, keys=keys[rows],
                 eos_token_ids=eos, pad_token_id=self.tokenizer.pad_token_id, vocab_size=self.vocab_size,
+                synced=self.sharded,
             ))
         student.train(was_training)
         return Rollout.cat(parts, self.tokenizer.pad_token_id)

@@ -174,8 +174,11 @@ class RolloutEngine(ABC):
         eos_token_ids: list[int],
         pad_token_id: int,
         vocab_size: int,
+        synced: bool = False,
     ) -> Rollout:
-        """Sample one completion per row of ``input_ids`` ``[R, P]``; ``keys`` ``[R]`` name the rollouts."""
+        """Sample one completion per row of ``input_ids`` ``[R, P]``; ``keys`` ``[R]`` name the rollouts.
+
+        ``synced``: the model is sharded over ranks, so every rank must keep stepping until all are done."""
 
 
 class HFGenerate(RolloutEngine):
@@ -193,6 +196,7 @@ class HFGenerate(RolloutEngine):
         eos_token_ids: list[int],
         pad_token_id: int,
         vocab_size: int,
+        synced: bool = False,
     ) -> Rollout:
         prompt_length = input_ids.shape[1]
         sampler = CounterSampler(sampling, seed, keys.to(input_ids.device), prompt_length, vocab_size)
@@ -208,6 +212,7 @@ class HFGenerate(RolloutEngine):
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                synced_gpus=synced,
             )
         completion = out[:, prompt_length:]  # [R, C]
         mask = completion_mask(completion, eos_token_ids)

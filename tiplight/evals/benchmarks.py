@@ -38,7 +38,15 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "aime24": partial(read_jsonl, DATA_DIR / "aime24.jsonl"),
     "aime25": partial(read_jsonl, DATA_DIR / "aime25.jsonl"),
     "math_train": partial(read_jsonl, DATA_DIR / "math_train.jsonl"),  # prompts for training, not an eval
+    "toy": lambda: _toy("test"),  # the embedded toy world's test split
+    "toy_train": lambda: _toy("train"),  # its training prompts
 }
+
+
+def _toy(split: str) -> list[dict]:
+    from tiplight.toy import load_problems
+
+    return load_problems(split)
 
 
 def register_benchmark(name: str, loader: Callable[[], list[dict]]) -> None:
