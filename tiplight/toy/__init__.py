@@ -58,11 +58,11 @@ def accuracy(model: PreTrainedModel | str | Path, problems: list[dict], **kwargs
     return _accuracy(model, problems, **kwargs)
 
 
-def build(out: Path, *, budget: float = 1.0, seed: int = 0) -> dict:
+def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None) -> dict:
     """Train the tokenizer, teacher and student into ``out``; see ``toy.recipe.build``."""
     from tiplight.toy.recipe import build as _build
 
-    return _build(Path(out), budget=budget, seed=seed)
+    return _build(Path(out), budget=budget, seed=seed, eval_n=eval_n)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Teacher and student share the tokenizer and the architecture (a 0.86M-parameter Qwen3). They differ only
 in their supervised budget: the teacher trains until it is near-perfect, the student stops early. An
 under-trained student is weaker for a reason distillation can fix (it has the capacity, it lacks the
-training signal), which is what the toy OPD run needs to show an improvement within minutes.
+training signal), the case on-policy distillation is meant to repair. Whether a few CPU minutes of OPD
+repair it depends on the OPD learning rate; see ``assets/BUILD.md``.
 """
 
 from __future__ import annotations
