@@ -96,14 +96,22 @@ def load_tokenizer(source: str, field_name: str = "model.tokenizer") -> PreTrain
     return tokenizer
 
 
-def load_model(source: ModelSource, field_name: str) -> nn.Module:
-    """An ``AutoModelForCausalLM`` from ``source`` (weights in ``source.dtype``, optionally quantized)."""
+def load_model(source: ModelSource, field_name: str, device: torch.device | str | None = None) -> nn.Module:
+    """An ``AutoModelForCausalLM`` from ``source`` (weights in ``source.dtype``, optionally quantized).
+
+    A quantized model is placed at load time (bitsandbytes quantizes while loading and its modules are
+    not moved afterwards): on ``device`` when given, else where transformers puts it (the current CUDA
+    device, which Lightning sets to each rank's GPU before ``configure_model``; the CPU without CUDA).
+    Unquantized models load on the CPU and are placed or sharded by the strategy.
+    """
     kwargs = dict(source.extra)
     kwargs["dtype"] = check_dtype(f"{field_name}.dtype", source.dtype)
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation
     if source.quantization is not None:
         kwargs["quantization_config"] = source.quantization.to_config()
+        if device is not None:
+            kwargs["device_map"] = {"": str(device)}
     try:
         return AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
     except (OSError, ValueError) as error:

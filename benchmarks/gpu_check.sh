@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One script for a session with one GPU (~6-8 min on an H100): Lightning's FSDPStrategy on one GPU,
+# bf16-mixed over fp32 student weights, a 4-bit NF4 teacher, peak memory at several retain ratios on
+# random-init Qwen3 shapes (student Qwen3-1.7B untied, teacher Qwen3-4B; 8 rollouts of <= 512 + 2048
+# tokens per step, micro-batch 4). No download. Results: $OUT/gpu_check/*.json and summary.md.
+#   bash benchmarks/gpu_check.sh            (OUT defaults to ./runs)
+set -euo pipefail
+OUT="${OUT:-runs}/gpu_check"
+MODELS="${TMPDIR:-/tmp}/tiplight_gpu_check"
+mkdir -p "$OUT" "$MODELS"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+python -c "import torch, bitsandbytes as b; print('torch', torch.__version__, 'bnb', b.__version__)" | tee -a "$OUT/gpu.txt"
+[ -f "$MODELS/teacher/config.json" ] || python benchmarks/gpu_check.py build "$MODELS"
+for retain in 1.0 0.5 0.2 0.1; do
+  timeout 240 python benchmarks/gpu_check.py run "$MODELS" "$retain" "$OUT/retain_$retain.json" \
+    > "$OUT/retain_$retain.log" 2>&1 || { echo "retain $retain failed:"; tail -30 "$OUT/retain_$retain.log"; }
+done
+python - "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = [json.loads(p.read_text()) for p in sorted(out.glob("retain_*.json"))]
+lines = ["| retain | peak allocated GB | peak reserved GB | s | loss | kept | device |", "|---|---|---|---|---|---|---|"]
+lines += [f"| {r['retain']} | {r['peak_allocated_gb']:.2f} | {r['peak_reserved_gb']:.2f} | {r['seconds']:.0f} | "
+          f"{r['loss']:.4g} | {r['kept_fraction']:.3f} | {r['device']} |" for r in rows]
+(out / "summary.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
