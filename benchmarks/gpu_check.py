@@ -1,7 +1,7 @@
 """One GPU check of the sharded, quantized path, on random-init Qwen3 shapes (no download).
 
     python benchmarks/gpu_check.py build DIR            # random-init models + a 151,669-token tokenizer
-    python benchmarks/gpu_check.py run DIR RETAIN OUT   # 2 steps under FSDPStrategy, peak memory -> OUT (JSON)
+    python benchmarks/gpu_check.py run DIR RETAIN OUT   # 1 step under FSDPStrategy, peak memory -> OUT (JSON)
 
 Student: Qwen3-1.7B shapes with untied embeddings (FSDP1 refuses a tied student), fp32 master weights,
 bf16-mixed. Teacher: Qwen3-4B shapes loaded 4-bit NF4. Driven by benchmarks/gpu_check.sh.
@@ -56,13 +56,13 @@ def run(root: Path, retain: float, out: Path) -> None:
         student=str(root / "student"), teacher=str(root / "teacher"),
         selector=AllTokens() if retain >= 1 else SoftOrTopK(retain), dtype="float32", teacher_dtype="bfloat16",
         teacher_quantization=Quantization(bits=4), gradient_checkpointing=True, micro_batch_size=4,
-        sampling=Sampling(max_new_tokens=2048), chunk_size=512, generation_batch_size=8, lr_schedule="constant",
+        sampling=Sampling(max_new_tokens=1024), chunk_size=512, generation_batch_size=8, lr_schedule="constant",
         grad_clip=None,  # FSDPStrategy refuses Lightning's norm clipping until module.update uses parallel.clip_grad_norm
     )
     data = PromptDataModule(train_files=["math_train"], chat_template=False, max_prompt_tokens=512,
                             prompts_per_step=2, rollouts_per_prompt=4)
     strategy = FSDPStrategy(auto_wrap_policy={Qwen3DecoderLayer}, state_dict_type="sharded")
-    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=strategy, precision="bf16-mixed", max_steps=2,
+    trainer = L.Trainer(accelerator="gpu", devices=1, strategy=strategy, precision="bf16-mixed", max_steps=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One script for a session with one GPU (~6-8 min on an H100): Lightning's FSDPStrategy on one GPU,
+# One script for a session with one GPU (~5-8 min on an H100; untested: no GPU when written): Lightning's FSDPStrategy on one GPU,
 # bf16-mixed over fp32 student weights, a 4-bit NF4 teacher, peak memory at several retain ratios on
-# random-init Qwen3 shapes (student Qwen3-1.7B untied, teacher Qwen3-4B; 8 rollouts of <= 512 + 2048
+# random-init Qwen3 shapes (student Qwen3-1.7B untied, teacher Qwen3-4B; one step of 8 rollouts of <= 512 + 1024
 # tokens per step, micro-batch 4). No download. Results: $OUT/gpu_check/*.json and summary.md.
 #   bash benchmarks/gpu_check.sh            (OUT defaults to ./runs)
 set -euo pipefail
