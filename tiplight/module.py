@@ -28,7 +28,7 @@ from tiplight.models import (
     vocab_size,
 )
 from tiplight.objective import selected_loss_sum
-from tiplight.parallel import all_gather_rows, parallelize, sum_over_ranks
+from tiplight.parallel import all_gather_rows, clip_grad_norm, parallelize, sum_over_ranks
 from tiplight.paths import resolve
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
@@ -184,7 +184,8 @@ class DistillModule(L.LightningModule):
         hp = self.hparams
         self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
         source = ModelSource(resolve(hp.student), hp.dtype, hp.student_quantization)
-        student = load_model(source, "model.student")
+        device = self.trainer.strategy.root_device if self._trainer is not None else None
+        student = load_model(source, "model.student", device)
         if hp.lora is not None:
             with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the seed alone
                 torch.manual_seed(hp.seed)
@@ -196,7 +197,7 @@ class DistillModule(L.LightningModule):
             if hp.tokenizer is None:
                 check_tokenizers(self.tokenizer, load_tokenizer(resolve(hp.teacher), "model.teacher"))
             teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, hp.teacher_quantization)
-            teacher = freeze(load_model(teacher_source, "model.teacher"))
+            teacher = freeze(load_model(teacher_source, "model.teacher", device))
             self.__dict__["_teacher"] = teacher
             models.append(teacher)
         self.vocab_size = vocab_size(self.tokenizer, *models)
@@ -333,7 +334,7 @@ class DistillModule(L.LightningModule):
             total += loss_sum.detach()
         self.scale_gradients(self.trainer.world_size / denominator)
         if self.hparams.grad_clip is not None:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+            clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
         self.lr_schedulers().step()
         return sum_over_ranks(self, total) / denominator

@@ -43,7 +43,8 @@ def completion_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     Runs the decoder only (no lm_head), on ``input_ids[:, :-1]``: the last token predicts nothing.
     """
     ids, mask = input_ids[:, :-1], attention_mask[:, :-1]  # [R, P + C - 1]
-    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    # no KV cache: nothing is decoded after this pass, and a cache breaks activation-checkpoint recompute
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     return out.last_hidden_state[:, prompt_length - 1 :]  # [R, C, d]
 
 
