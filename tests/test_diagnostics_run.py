@@ -88,12 +88,16 @@ def test_analyze_through_the_cli_prints_markdown(run, capsys):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["missing_dir"], "does not exist"),
+    (["empty_dir"], "holds no rollouts JSONL file"),
+    (["foreign.jsonl"], "it is not a tiplight rollouts file"),
     (["RUN", "--selectors", "NoSuchTopK:0.5"], "Unknown selector 'NoSuchTopK'"),
     (["RUN", "--selectors", "SoftOrTopK:half"], "not a retain fraction"),
     (["RUN", "--selectors", "SoftOrTopK:1.5"], "retain=1.5 is invalid"),
 ])
 def test_analyze_bad_input_is_one_clear_error(run, tmp_path, capsys, args, message):
-    args = [run[0] if a == "RUN" else str(tmp_path / a) if a == "missing_dir" else a for a in args]
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "foreign.jsonl").write_text('{"problem": "1+1"}\n')
+    args = [run[0] if a == "RUN" else str(tmp_path / a) if a.endswith(("_dir", ".jsonl")) else a for a in args]
     with pytest.raises(SystemExit) as exit_:
         cli_main(["analyze", *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

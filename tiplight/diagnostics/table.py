@@ -143,7 +143,8 @@ class Scored:
             "rollout": r, "step": self.step, "prompt": self.prompts[r], "completion": self.completions[r],
             "token_ids": self.token_ids[r, :n].tolist(), "tokens": self.tokens[r][:n],
             "valid": valid[:n].int().tolist(),
-            **{name: [round(x, 7) for x in getattr(s, name)[r, :n].tolist()] for name in ("entropy", "rkl", "fkl")},
+            **{name: [float(f"{x:.8g}") for x in getattr(s, name)[r, :n].tolist()]  # float32 precision
+               for name in ("entropy", "rkl", "fkl")},
             "kept": {label: mask[r, :n].int().tolist() for label, mask in kept.items()},
         }
 
@@ -183,7 +184,7 @@ def read_jsonl(path: str | Path) -> list[Scored]:
                 line = json.loads(text)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{line_no} is not valid JSON ({error.msg}).") from error
-            missing = [k for k in ("tokens", "valid", "entropy", "rkl", "fkl") if k not in line]
+            missing = [k for k in ("token_ids", "tokens", "valid", "entropy", "rkl", "fkl") if k not in line]
             if missing:
                 raise ValueError(f"{path}:{line_no} lacks {missing}; it is not a tiplight rollouts file "
                                  "(see tiplight.diagnostics.table for the format).")
