@@ -92,6 +92,13 @@ def format_prompt(
     return content
 
 
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool = True) -> list[int]:
+    """Token ids of a formatted prompt. A chat template writes its own special tokens; plain text gets the
+    tokenizer's (e.g. BOS), as the model saw in its own training."""
+    templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[R, P]`` ids and attention mask, left-padded to the longest sequence."""
     width = max(len(s) for s in sequences)
@@ -211,12 +218,16 @@ class PromptDataModule(L.LightningDataModule):
         hp = self.hparams
         return format_prompt(self.tokenizer, problem, instruction, hp.chat_template, hp.chat_template_kwargs)
 
-    def encode(self, row: dict[str, Any], index: int) -> Prompt | None:
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a formatted prompt (special tokens as ``encode_prompt`` decides)."""
+        return encode_prompt(self.tokenizer, text, self.hparams.chat_template)
+
+    def make_prompt(self, row: dict[str, Any], index: int) -> Prompt | None:
         """Format and tokenize one row; applies the prompt-length policy (None: skipped)."""
         hp = self.hparams
         problem = str(row[hp.prompt_field])
         text = self.format_prompt(problem, hp.instruction)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.encode(text)
         if len(ids) > hp.max_prompt_tokens:
             if hp.overlong == "skip":
                 self.counts["skipped"] += 1
@@ -234,7 +245,7 @@ class PromptDataModule(L.LightningDataModule):
         keep = max(len(problem_ids) - excess, 0)
         while True:
             text = self.format_prompt(self.tokenizer.decode(problem_ids[:keep]), hp.instruction)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = self.encode(text)
             if len(ids) <= hp.max_prompt_tokens or keep == 0:
                 break
             keep = max(keep - (len(ids) - hp.max_prompt_tokens), 0)
@@ -247,7 +258,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def load(self, files: list[str]) -> list[Prompt]:
         rows = [row for f in files for row in read_rows(f, self.hparams.prompt_field)]
-        prompts = [p for i, row in enumerate(rows) if (p := self.encode(row, i)) is not None]
+        prompts = [p for i, row in enumerate(rows) if (p := self.make_prompt(row, i)) is not None]
         return prompts
 
     # --- Lightning hooks --------------------------------------------------------------------------

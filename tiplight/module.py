@@ -431,21 +431,30 @@ class DistillModule(L.LightningModule):
         """Text for the model, formatted as the datamodule formats training prompts."""
         from tiplight.data import format_prompt
 
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "format_prompt") and datamodule.tokenizer is not None:
+        datamodule = self._datamodule()
+        if datamodule is not None:
             return datamodule.format_prompt(problem, instruction)
         return format_prompt(self.tokenizer, problem, instruction)
+
+    def _datamodule(self):
+        """The attached ``PromptDataModule`` once set up (it owns prompt formatting), else None."""
+        from tiplight.data import PromptDataModule
+
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        ready = isinstance(datamodule, PromptDataModule) and datamodule.tokenizer is not None
+        return datamodule if ready else None
 
     @torch.no_grad()
     def generate_completions(self, prompts: list[str], *, num_samples: int = 1, temperature: float = 0.0,
                              top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256,
                              seed: int = 0) -> list[list[str]]:
         """``num_samples`` completion texts per prompt (special tokens stripped)."""
-        from tiplight.data import Prompt, collate
+        from tiplight.data import Prompt, collate, encode_prompt
 
         sampling = Sampling(temperature, top_p, top_k, max_new_tokens)
-        encoded = [Prompt(str(i), p, self.tokenizer(p, add_special_tokens=False)["input_ids"], "")
-                   for i, p in enumerate(prompts)]
+        datamodule = self._datamodule()
+        encode = datamodule.encode if datamodule is not None else lambda p: encode_prompt(self.tokenizer, p)
+        encoded = [Prompt(str(i), p, encode(p), "") for i, p in enumerate(prompts)]
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v
                  for k, v in collate(encoded, self.tokenizer.pad_token_id, num_samples, 0).items()}
         rollout = self.rollout(batch, sampling, seed)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tiplight.data import Prompt, collate, format_prompt, left_pad
+from tiplight.data import Prompt, collate, encode_prompt, format_prompt, left_pad
 from tiplight.diagnostics.table import Scored, decode_tokens
 from tiplight.models import ModelSource, check_tokenizers, load_model, load_tokenizer, vocab_size
 from tiplight.paths import resolve
@@ -59,9 +59,9 @@ class Scorer:
         return next(self.student.parameters()).device
 
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of a prompt as training sees it (chat template when enabled, no special tokens)."""
+        """Token ids of a prompt as training sees it (chat template when enabled)."""
         text = format_prompt(self.tokenizer, prompt, chat_template=self.chat_template)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, text, self.chat_template)
 
     def rollout(self, prompts: list[str], sampling: Sampling | None = None, seed: int = 0,
                 samples: int = 1) -> Scored:
