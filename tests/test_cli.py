@@ -78,3 +78,14 @@ def test_bad_selector_budget_fails_at_parse_time(tiny, prompts_file, tmp_path, r
     config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
     with pytest.raises((SystemExit, ValueError)):
         TiplightCLI(args=["fit", "--config", str(config), "--model.selector.init_args.retain", retain], run=False)
+
+
+def test_plugin_short_name_after_tiplight_plugins_import(tiny, prompts_file, tmp_path, monkeypatch):
+    from tiplight.cli import main
+
+    config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
+    monkeypatch.setenv("TIPLIGHT_PLUGINS", "plugin_example")
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--model.selector", "LinearMixTopK", "--print_config"])
+    assert done.value.code == 0

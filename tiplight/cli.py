@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -30,9 +31,13 @@ class TiplightCLI(LightningCLI):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``tiplight toy ...`` or a LightningCLI subcommand. Bad input ends with one sentence on stderr
-    (set ``TIPLIGHT_TRACEBACK=1`` for the full traceback)."""
+    """``tiplight toy|analyze ...`` or a LightningCLI subcommand. Bad input ends with one sentence on
+    stderr (set ``TIPLIGHT_TRACEBACK=1`` for the full traceback). ``TIPLIGHT_PLUGINS=a.b,c`` imports
+    plugin modules first."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # plugin modules (e.g. selectors) imported before parsing, so YAML can name their classes briefly
+    for name in filter(None, os.environ.get("TIPLIGHT_PLUGINS", "").split(",")):
+        importlib.import_module(name.strip())
     try:
         if argv[:1] == ["toy"]:
             from tiplight import toy
