@@ -118,19 +118,22 @@ class SympyComparator(FastComparator):
                 return None, None
         return parsed[0], parsed[1]
 
+    def _sympy_pair(self, pred: str, gold: str) -> tuple | None:
+        """Both sides parsed by sympy, or None when either is too costly (noted) or unparsable."""
+        if too_costly(pred) or too_costly(gold):
+            self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
+            return None
+        p, g = self._parse_pair(pred, gold)
+        return None if p is None or g is None else (p, g)
+
     def scalar(self, pred: str, gold: str) -> bool:
         """See `equivalence.Comparator.scalar`."""
         try:
             return super().scalar(pred, gold)
         except Undecided:
             pass
-        if too_costly(pred) or too_costly(gold):
-            self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
-            return False
-        p, g = self._parse_pair(pred, gold)
-        if p is None or g is None:
-            return False
-        return _equal(p, g, pred, gold)
+        pair = self._sympy_pair(pred, gold)
+        return pair is not None and _equal(*pair, pred, gold)
 
     def proportional(self, pred: str, gold: str, positive: bool) -> bool:
         """See `equivalence.Comparator.proportional`: the ratio simplifies to a (positive) constant."""
@@ -138,12 +141,10 @@ class SympyComparator(FastComparator):
             return super().proportional(pred, gold, positive)
         except Undecided:
             pass
-        if too_costly(pred) or too_costly(gold):
-            self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
+        pair = self._sympy_pair(pred, gold)
+        if pair is None or not hasattr(pair[0], "free_symbols") or pair[1] == 0:
             return False
-        p, g = self._parse_pair(pred, gold)
-        if p is None or g is None or not hasattr(p, "free_symbols") or g == 0:
-            return False
+        p, g = pair
         from sympy import simplify
 
         ratio = simplify(p / g)
