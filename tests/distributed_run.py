@@ -25,8 +25,8 @@ class Recording(DistillModule):
         super().__init__(*args, **kwargs)
         self.record: list[dict] = []
 
-    def log_step(self, stats, weights, loss):
-        super().log_step(stats, weights, loss)
+    def log_step(self, stats, weights, loss, kept_fraction):
+        super().log_step(stats, weights, loss, kept_fraction)
         keep = self.global_keep(weights, stats.valid)
         self.record.append({"loss": float(loss), "kept": keep.nonzero().tolist(), "valid": int(stats.valid.sum())})
 

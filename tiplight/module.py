@@ -246,8 +246,8 @@ class DistillModule(L.LightningModule):
         stats, weights, rows = self.timed("select", self.select, parts, batch["batch_index"])
         self.last_step = StepRecord(rollout, _slice_stats(stats, rows, rollout.completion_mask.shape[1]),
                                     torch.cat([pad_right(w, rollout.completion_mask.shape[1]) for w in weights]))
-        loss = self.timed("update", self.update, parts, weights)
-        self.log_step(stats, weights, loss)
+        loss, kept_fraction = self.timed("update", self.update, parts, weights)
+        self.log_step(stats, weights, loss, kept_fraction)
 
     def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int) -> Rollout:
         """Sample completions from the student, ``generation_batch_size`` rows at a time."""
@@ -315,15 +315,17 @@ class DistillModule(L.LightningModule):
         keep = self.selector.select(stats, generator=generator)  # bool mask or float weights
         return stats, keep.float() * valid
 
-    def update(self, parts: list[Scored], weights: list[torch.Tensor]) -> torch.Tensor:
-        """Loss at kept positions, backward per micro-batch, one optimizer step. Returns the step's loss."""
+    def update(self, parts: list[Scored], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss at kept positions, backward per micro-batch, one optimizer step.
+
+        Returns the step's loss and the fraction of valid tokens kept, both over all ranks."""
         kept = sum((w > 0).sum() for w in weights).float()
         valid = sum(p.rollout.completion_mask.sum() for p in parts).float()
         kept, valid = sum_over_ranks(self, torch.stack([kept, valid]))
         denominator = kept if self.hparams.denominator == "kept" else valid
         if kept == 0:
             warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
-            return torch.tensor(float("nan"))
+            return torch.tensor(float("nan")), kept
         optimizer = self.optimizers()
         optimizer.zero_grad()
         total = torch.zeros((), device=self.device)
@@ -337,7 +339,7 @@ class DistillModule(L.LightningModule):
             clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
         self.lr_schedulers().step()
-        return sum_over_ranks(self, total) / denominator
+        return sum_over_ranks(self, total) / denominator, kept / valid
 
     def loss_sum(self, part: Scored, weights: torch.Tensor) -> torch.Tensor:
         """Weighted divergence summed over this micro-batch's kept positions (student lm_head with grad)."""
@@ -375,14 +377,13 @@ class DistillModule(L.LightningModule):
         self.log(f"time/{name}", time.perf_counter() - start, on_step=True, reduce_fx="max", sync_dist=False)
         return out
 
-    def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor) -> None:
+    def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
+                 kept_fraction: torch.Tensor) -> None:
         valid = stats.valid
-        kept = sum((w > 0).sum() for w in weights)
         n_valid = valid.sum().clamp(min=1)
         metrics = {
             "train/loss": loss,
-            "train/kept_fraction": sum_over_ranks(self, kept.float()) / n_valid if
-            self.hparams.stats_scope == "batch" else kept.float() / n_valid,
+            "train/kept_fraction": kept_fraction,
             "train/entropy": (stats.entropy * valid).sum() / n_valid,
             "train/rkl": (stats.rkl * valid).sum() / n_valid,
             "train/completion_length": valid.sum(1).float().mean(),
