@@ -43,8 +43,8 @@ class Losses(DistillModule):
         super().__init__(*args, **kwargs)
         self.losses: list[float] = []
 
-    def log_step(self, stats, weights, loss):
-        super().log_step(stats, weights, loss)
+    def log_step(self, stats, weights, loss, kept_fraction):
+        super().log_step(stats, weights, loss, kept_fraction)
         self.losses.append(float(loss))
 
 
