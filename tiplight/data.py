@@ -7,7 +7,6 @@ takes its contiguous slice of the same global batch (selection then does not dep
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from tiplight.jsonl import read_lines
 from tiplight.models import load_tokenizer
 from tiplight.paths import resolve
 
@@ -56,20 +56,11 @@ def read_jsonl(path: str | Path, field: str) -> list[dict[str, Any]]:
         raise ValueError(f"data file {str(path)!r} does not exist; give a JSONL path, a tiplight: path or a "
                          "registered benchmark name (see tiplight.evals.BENCHMARKS).")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no} is not valid JSON ({error.msg}).") from error
-            if not isinstance(row, dict) or field not in row:
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(
-                    f"{path}:{line_no} has no field {field!r} (data.prompt_field); its fields are {keys}."
-                )
-            rows.append(row)
+    for line_no, row in read_lines(path):
+        if not isinstance(row, dict) or field not in row:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{path}:{line_no} has no field {field!r} (data.prompt_field); its fields are {keys}.")
+        rows.append(row)
     return rows
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tiplight.jsonl import read_lines
 from tiplight.rollout import pad_right
 from tiplight.selection import Selector, TokenStats, quadrants
 
@@ -176,19 +177,12 @@ def read_jsonl(path: str | Path) -> list[Scored]:
     """Saved rollouts, one ``Scored`` per training step found in the file (one in all when no steps)."""
     path = Path(path)
     by_step: dict[int | None, list[dict[str, Any]]] = {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_no} is not valid JSON ({error.msg}).") from error
-            missing = [k for k in ("token_ids", "tokens", "valid", "entropy", "rkl", "fkl") if k not in line]
-            if missing:
-                raise ValueError(f"{path}:{line_no} lacks {missing}; it is not a tiplight rollouts file "
-                                 "(see tiplight.diagnostics.table for the format).")
-            by_step.setdefault(line.get("step"), []).append(line)
+    for line_no, line in read_lines(path):
+        missing = [k for k in ("token_ids", "tokens", "valid", "entropy", "rkl", "fkl") if k not in line]
+        if missing:
+            raise ValueError(f"{path}:{line_no} lacks {missing}; it is not a tiplight rollouts file "
+                             "(see tiplight.diagnostics.table for the format).")
+        by_step.setdefault(line.get("step"), []).append(line)
     return [from_lines(lines, step) for step, lines in by_step.items()]
 
 
