@@ -11,24 +11,11 @@ import sys
 
 import lightning as L
 import torch
+from helpers import Recording
 
 from tiplight.data import PromptDataModule
-from tiplight.module import DistillModule
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
-
-
-class Recording(DistillModule):
-    """Records each step's global keep mask and loss."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.record: list[dict] = []
-
-    def log_step(self, stats, weights, loss, kept_fraction):
-        super().log_step(stats, weights, loss, kept_fraction)
-        keep = self.global_keep(weights, stats.valid)
-        self.record.append({"loss": float(loss), "kept": keep.nonzero().tolist(), "valid": int(stats.valid.sum())})
 
 
 def strategy(name: str):

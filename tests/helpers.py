@@ -9,6 +9,23 @@ from tiplight.module import DistillModule
 from tiplight.rollout import Sampling
 
 
+class Recording(DistillModule):
+    """Records each step's loss, global keep mask and valid-token count in ``record``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.record: list[dict] = []
+
+    def log_step(self, stats, weights, loss, kept_fraction):
+        super().log_step(stats, weights, loss, kept_fraction)
+        keep = self.global_keep(weights, stats.valid)
+        self.record.append({"loss": float(loss), "kept": keep.nonzero().tolist(), "valid": int(stats.valid.sum())})
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.record]
+
+
 def make_module(tiny: dict[str, str], **kwargs) -> DistillModule:
     kwargs.setdefault("sampling", Sampling(max_new_tokens=8))
     kwargs.setdefault("lr_schedule", "constant")

@@ -9,10 +9,10 @@ from functools import cache
 import lightning as L
 import pytest
 import torch
+from helpers import Recording
 
 from tiplight.data import PromptDataModule
 from tiplight.models import LoRA, Quantization
-from tiplight.module import DistillModule
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
 
@@ -36,20 +36,8 @@ def cpu_support() -> str | None:
 pytestmark = pytest.mark.skipif(cpu_support() is not None, reason=str(cpu_support()))
 
 
-class Losses(DistillModule):
-    """Records each step's loss."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.losses: list[float] = []
-
-    def log_step(self, stats, weights, loss, kept_fraction):
-        super().log_step(stats, weights, loss, kept_fraction)
-        self.losses.append(float(loss))
-
-
-def fit(tiny, prompts_file, **kwargs) -> Losses:
-    module = Losses(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
+def fit(tiny, prompts_file, **kwargs) -> Recording:
+    module = Recording(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
                     lr_schedule="constant", sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
                     teacher_dtype="bfloat16", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kwargs)
     data = PromptDataModule(train_files=[prompts_file], prompts_per_step=2, rollouts_per_prompt=2)
@@ -78,7 +66,7 @@ def test_qlora_student_trains_only_its_adapter(tiny, prompts_file):
         def on_train_start(self, trainer, pl_module):
             before.update({k: v.detach().clone() for k, v in pl_module.student.named_parameters() if v.requires_grad})
 
-    module = Losses(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
+    module = Recording(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
                     lr_schedule="constant", sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
                     student_quantization=Quantization(bits=4), lora=LoRA(r=4, alpha=8),
                     teacher_quantization=Quantization(bits=4),
