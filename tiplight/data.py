@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from tiplight.jsonl import read_lines
 from tiplight.models import load_tokenizer
 from tiplight.paths import resolve
+from tiplight.seeding import resolve_seed
 
 OVERLONG = ("truncate", "skip")
 
@@ -166,7 +167,7 @@ class PromptDataModule(L.LightningDataModule):
         rollouts_per_prompt: samples per prompt (G).
         val_batch_size: prompts per validation batch on each rank.
         tokenizer: tokenizer id or directory; defaults to the module's (``model.tokenizer`` or the student).
-        seed: seed of the prompt order and of the held-out split.
+        seed: seed of the prompt order and of the held-out split (default: ``seed_everything``).
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class PromptDataModule(L.LightningDataModule):
         rollouts_per_prompt: int = 4,
         val_batch_size: int = 8,
         tokenizer: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ):
         super().__init__()
         if overlong not in OVERLONG:
@@ -197,7 +198,9 @@ class PromptDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{name}={value} is not allowed; use an integer >= 1.")
         if val_size < 0:
             raise ValueError(f"data.val_size={val_size} is not allowed; use an integer >= 0.")
-        self.save_hyperparameters()
+        # not merged into the logged hparams: keys shared with the module (seed, tokenizer) may differ
+        self.save_hyperparameters(logger=False)
+        self.seed = resolve_seed(seed)
         self.train_prompts: list[Prompt] = []
         self.val_prompts: list[Prompt] = []
         self.counts = {"truncated": 0, "skipped": 0}
@@ -268,7 +271,7 @@ class PromptDataModule(L.LightningDataModule):
             self.val_prompts = self.load(list(hp.val_files))
         elif hp.val_size:
             order = list(range(len(prompts)))
-            random.Random(hp.seed).shuffle(order)
+            random.Random(self.seed).shuffle(order)
             held = set(order[: hp.val_size])
             self.val_prompts = [prompts[i] for i in sorted(held)]
             prompts = [p for i, p in enumerate(prompts) if i not in held]
@@ -290,7 +293,7 @@ class PromptDataModule(L.LightningDataModule):
             )
         start = getattr(trainer.lightning_module, "next_batch", 0)
         stream = PromptStream(self.train_prompts, hp.prompts_per_step, hp.rollouts_per_prompt,
-                              self.tokenizer.pad_token_id, hp.seed, start, trainer.global_rank, trainer.world_size)
+                              self.tokenizer.pad_token_id, self.seed, start, trainer.global_rank, trainer.world_size)
         return DataLoader(stream, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

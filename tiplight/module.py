@@ -31,6 +31,7 @@ from tiplight.objective import selected_loss_sum
 from tiplight.parallel import all_gather_rows, clip_grad_norm, parallelize, sum_over_ranks
 from tiplight.paths import resolve
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
+from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
 from tiplight.stats import RawStats, completion_hidden, token_stats
 
@@ -96,7 +97,7 @@ class DistillModule(L.LightningModule):
         grad_clip: clip the gradient norm to this value (None: no clipping).
         entropy_threshold / divergence_threshold: quadrant thresholds for logging (default: medians).
         generation_batch_size: rollouts generated at once (bounds generation memory).
-        seed: seed of selection randomness and rollout sampling.
+        seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
     """
 
     def __init__(
@@ -127,7 +128,7 @@ class DistillModule(L.LightningModule):
         entropy_threshold: float | None = None,
         divergence_threshold: float | None = None,
         generation_batch_size: int = 64,
-        seed: int = 0,
+        seed: int | None = None,
     ):
         super().__init__()
         _check_choice("denominator", denominator, DENOMINATORS)
@@ -143,6 +144,9 @@ class DistillModule(L.LightningModule):
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
         self.save_hyperparameters(ignore=["selector", "optimizer"])
+        # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
+        self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
+        self.seed = resolve_seed(seed)
         self.selector = selector if selector is not None else AllTokens()
         self.optimizer_factory = optimizer
         self.sampling = sampling
@@ -183,20 +187,20 @@ class DistillModule(L.LightningModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
-        source = ModelSource(resolve(hp.student), hp.dtype, hp.student_quantization)
+        source = ModelSource(resolve(hp.student), hp.dtype, self.student_quantization)
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         student = load_model(source, "model.student", device)
-        if hp.lora is not None:
+        if self.lora is not None:
             with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the seed alone
-                torch.manual_seed(hp.seed)
-                student = add_lora(student, hp.lora, quantized=hp.student_quantization is not None)
+                torch.manual_seed(self.seed)
+                student = add_lora(student, self.lora, quantized=self.student_quantization is not None)
         if hp.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         models = [student]
         if hp.teacher is not None:
             if hp.tokenizer is None:
                 check_tokenizers(self.tokenizer, load_tokenizer(resolve(hp.teacher), "model.teacher"))
-            teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, hp.teacher_quantization)
+            teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher", device))
             self.__dict__["_teacher"] = teacher
             models.append(teacher)
@@ -237,11 +241,11 @@ class DistillModule(L.LightningModule):
         self.next_batch = batch["batch_index"] + 1
 
     def step_seed(self, batch_index: int) -> int:
-        return (self.hparams.seed * 1_000_003 + batch_index) % 2**63
+        return (self.seed * 1_000_003 + batch_index) % 2**63
 
     def distill(self, batch: dict[str, Any]) -> None:
         """One on-policy step: rollout, score, select, update, log."""
-        rollout = self.timed("rollout", self.rollout, batch, self.sampling, self.hparams.seed)
+        rollout = self.timed("rollout", self.rollout, batch, self.sampling, self.seed)
         parts = self.timed("score", self.score, rollout, self.single_pass(rollout))
         stats, weights, rows = self.timed("select", self.select, parts, batch["batch_index"])
         self.last_step = StepRecord(rollout, _slice_stats(stats, rows, rollout.completion_mask.shape[1]),
@@ -408,7 +412,7 @@ class DistillModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.teacher is None:
             return
-        rollout = self.rollout(batch, self.val_sampling, self.hparams.seed)
+        rollout = self.rollout(batch, self.val_sampling, self.seed)
         total = torch.zeros((), device=self.device)
         for part in self.score(rollout):
             w = part.rollout.completion_mask.float()
