@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 
 from tiplight.toy import TaskConfig, load_problems
+from tiplight.toy.task import HELD_OUT
 from tiplight.toy.evaluate import boxed_answer
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -39,13 +40,14 @@ def problems() -> list[dict]:
 def test_splits_are_deterministic_and_prefix_stable() -> None:
     assert load_problems("test") == load_problems("test")
     assert load_problems("train", 500) == load_problems("train", 2000)[:500]
-    assert len(load_problems("test")) == 300 and len(load_problems("test", 50)) == 50
+    assert len(load_problems("test")) == 1200 and len(load_problems("test", 50)) == 50
 
 
-def test_splits_are_disjoint() -> None:
-    test = {p["prompt"] for p in load_problems("test")}
+def test_held_out_test_problems_are_not_in_train() -> None:
+    held_out = {p["prompt"] for p in load_problems("test", HELD_OUT)}
     train = {p["prompt"] for p in load_problems("train")}
-    assert len(test) == 300 and not test & train
+    assert len(held_out) == HELD_OUT and not held_out & train
+    assert len({p["prompt"] for p in load_problems("test")}) == 1200  # distinct, and growable past 300
 
 
 def test_records_have_the_public_keys(problems: list[dict]) -> None:

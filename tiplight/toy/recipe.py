@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tiplight.toy.evaluate import accuracy
-from tiplight.toy.task import load_problems
+from tiplight.toy.task import HELD_OUT, load_problems
 from tiplight.toy.tokenizer import build_tokenizer, save_tokenizer
 from tiplight.toy.train import ModelSpec, SFTSpec, make_model, train_sft
 
@@ -55,7 +55,7 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         out: directory to create; receives ``tokenizer/``, ``teacher/``, ``student/`` and ``build.json``.
         budget: multiplies both training budgets (1.0 is the shipped recipe; tests use ~0.01).
         seed: base seed; the teacher uses ``seed``, the student ``seed + 1``.
-        eval_n: test problems to score (default: the whole test split).
+        eval_n: test problems to score (default: the ``HELD_OUT`` ones, as ``build.json`` records).
 
     Returns:
         the ``build.json`` content: specs, seconds, final losses and greedy test accuracies.
@@ -71,7 +71,7 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
     try:
         start = time.perf_counter()
         save_tokenizer(out / "tokenizer")
-        train, test = load_problems("train", TRAIN_PROBLEMS), load_problems("test", eval_n)
+        train, test = load_problems("train", TRAIN_PROBLEMS), load_problems("test", eval_n or HELD_OUT)
         runs = {
             "teacher": _train_one("teacher", _scaled(TEACHER_SFT, budget), out, train, seed),
             "student": _train_one("student", _scaled(STUDENT_SFT, budget), out, train, seed + 1),
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="base seed (teacher: seed, student: seed + 1)")
     e = sub.add_parser("eval", help="greedy test accuracy of toy models (default: the shipped pair)")
     e.add_argument("models", nargs="*", type=Path, help="HF model directories")
-    e.add_argument("--n", type=int, default=None, help="test problems (default: all 300)")
+    e.add_argument("--n", type=int, default=None, help="test problems (default: all 1,200)")
     return parser
 
 

@@ -22,8 +22,12 @@ Two problem kinds, both worked in steps small enough for a sub-million-parameter
       \\boxed{19/12}
 
 Difficulty comes from the operands (more digits, more carries, more reductions), not the format: the
-``difficulty`` field is the number of worked lines. Splits are drawn from fixed seeds; the test split is
-generated first and its problems are excluded from train, so the splits are disjoint by construction.
+``difficulty`` field is the number of worked lines. Splits are drawn from fixed seeds. The first
+``HELD_OUT`` test problems are excluded from train, so they are unseen by the shipped models. The test
+split grows to any size with the same prefix and distribution, so an accuracy can be as precise as a
+comparison needs (1,200 problems: a standard error of at most 1.44 points); problems after the held-out
+ones may also be train prompts (only ~2,000 distinct fraction sums exist, and train draws 20,000 problems),
+which suits comparing runs of one student but is not a clean held-out measure.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from functools import cache
 
 PROMPT_TEMPLATE = "What is {expr}?\n"
 SPLIT_SEEDS = {"train": 0, "test": 1}
-DEFAULT_SIZES = {"train": 20_000, "test": 300}
+DEFAULT_SIZES = {"train": 20_000, "test": 1200}
+HELD_OUT = 300  # test problems excluded from train
 _PRIMES = (2, 3, 5, 7, 11, 13)
 
 
@@ -132,9 +137,9 @@ def _generate(seed: int, n: int, cfg: TaskConfig, exclude: frozenset[str], uniqu
 
 
 @cache
-def _test_prompts(cfg: TaskConfig) -> frozenset[str]:
-    """Prompts of the default-size test split (excluded from train)."""
-    test = _generate(SPLIT_SEEDS["test"], DEFAULT_SIZES["test"], cfg, frozenset(), unique=True)
+def _held_out_prompts(cfg: TaskConfig) -> frozenset[str]:
+    """Prompts of the first ``HELD_OUT`` test problems (excluded from train)."""
+    test = _generate(SPLIT_SEEDS["test"], HELD_OUT, cfg, frozenset(), unique=True)
     return frozenset(p["prompt"] for p in test)
 
 
@@ -143,8 +148,8 @@ def load_problems(split: str, n: int | None = None, *, cfg: TaskConfig | None = 
 
     Args:
         split: ``"train"`` or ``"test"``.
-        n: how many problems (default: 20,000 train, 300 test). Train may ask for more than the
-            default; the first ``n`` problems are the same whatever ``n`` is. Test caps at 300.
+        n: how many problems (default: 20,000 train, 1,200 test); the first ``n`` problems are the same
+            whatever ``n`` is.
         cfg: difficulty knobs (default ``TaskConfig()``, the toy world the shipped models learned).
 
     Returns:
@@ -155,9 +160,7 @@ def load_problems(split: str, n: int | None = None, *, cfg: TaskConfig | None = 
         raise ValueError(f"split={split!r} is not a toy split; allowed: {sorted(SPLIT_SEEDS)}")
     cfg = cfg or TaskConfig()
     size = DEFAULT_SIZES[split] if n is None else n
-    if split == "test":
-        size = min(size, DEFAULT_SIZES["test"])
-    exclude = _test_prompts(cfg) if split == "train" else frozenset()
+    exclude = _held_out_prompts(cfg) if split == "train" else frozenset()
     # Test problems are distinct; train may repeat the small ones (there are only 8,100 two-digit sums).
     items = _generate(SPLIT_SEEDS[split], size, cfg, exclude, unique=split == "test")
     return [{"id": f"toy-{split}-{i:05d}", **item} for i, item in enumerate(items)]
