@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import resource
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
+
+# per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares)
+_MEAN_PREFIXES = ("train/kept_fraction", "quadrant/")
 
 
 class RunSummary(L.Callback):
     """At the end of fit: export the student as a HF directory, print accuracy before and after
-    (from a ``MathEvalCallback`` with ``at_fit_start`` and ``at_fit_end``) and write ``summary.json``.
+    (from a ``MathEvalCallback`` with ``at_fit_start`` and ``at_fit_end``) and write ``summary.json``:
+    accuracies, the accuracy at every evaluated step, the run's mean kept fraction and quadrant shares,
+    wall time and peak memory. A folder that already holds a finished run is refused at start-up.
 
     Args:
         export: save the trained student under ``<log_dir>/student``.
@@ -23,28 +31,46 @@ class RunSummary(L.Callback):
         super().__init__()
         self.export, self.merge_lora = export, merge_lora
         self.summary: dict[str, Any] = {}
+        self._sums: dict[str, float] = {}
+        self._steps = 0
+        self._start = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        finished = _log_dir(trainer) / "summary.json"
+        if finished.exists() and trainer.ckpt_path is None:
+            raise ValueError(f"{finished.parent} already holds a finished run (summary.json); set "
+                             "trainer.default_root_dir (or the logger's save_dir/version) to a new folder, "
+                             "or remove it.")
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        for name, value in trainer.callback_metrics.items():
+            if name.startswith(_MEAN_PREFIXES) and torch.isfinite(value):
+                self._sums[name] = self._sums.get(name, 0.0) + float(value)
+        self._steps += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        student_dir = None
-        if self.export:
-            student_dir = self._export(trainer, pl_module, log_dir / "student")
-        before, after = _accuracies(trainer)
+        log_dir = _log_dir(trainer)
+        student_dir = self._export(trainer, pl_module, log_dir / "student") if self.export else None
+        curve = _curve(trainer)
         self.summary = {
-            "accuracy_before": before.get("accuracy"),
-            "accuracy_after": after.get("accuracy"),
-            "benchmark": before.get("benchmark") or after.get("benchmark"),
+            "accuracy_before": curve.get("fit_start", {}).get("accuracy"),
+            "accuracy_after": curve.get("fit_end", {}).get("accuracy"),
+            "benchmark": next((c["benchmark"] for c in curve.values()), None),
+            "accuracy_curve": {str(c["step"]): c["accuracy"] for c in curve.values()},
             "student_dir": student_dir,
             "log_dir": str(log_dir),
             "steps": trainer.global_step,
+            "wall_seconds": round(time.perf_counter() - self._start, 1),
+            "peak_memory_mib": round(peak_memory_mib(pl_module.device), 1),
+            **{name: total / max(self._steps, 1) for name, total in sorted(self._sums.items())},
         }
         self._report(log_dir)
 
-    @staticmethod
-    def _export(trainer: L.Trainer, pl_module: L.LightningModule, out: Path) -> str | None:
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path) -> str | None:
         if trainer.world_size > 1:
             return None  # sharded weights: export from a checkpoint with `pl_module.export` on one process
-        return pl_module.export(str(out), merge=True)
+        return pl_module.export(str(out), merge=self.merge_lora)
 
     @rank_zero_only
     def _report(self, log_dir: Path) -> None:
@@ -59,18 +85,29 @@ class RunSummary(L.Callback):
         print(f"tiplight: logs and summary.json in {log_dir}")
 
 
-def _accuracies(trainer: L.Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``{benchmark, accuracy}`` at fit start and at fit end from the first ``MathEvalCallback``."""
+def _log_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA's allocator peak on a GPU, else the peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _curve(trainer: L.Trainer) -> dict[str, dict[str, Any]]:
+    """``moment -> {benchmark, step, accuracy}`` for every evaluation of the first ``MathEvalCallback``
+    (its first benchmark), in step order."""
     from tiplight.evals import MathEvalCallback
 
     evals = next((cb for cb in trainer.callbacks if isinstance(cb, MathEvalCallback)), None)
     if evals is None:
-        return {}, {}
-
-    def first(moment: str) -> dict[str, Any]:
-        results = evals.results.get(moment, {})
-        for bench, metrics in results.items():
-            return {"benchmark": bench, "accuracy": metrics.get("accuracy")}
         return {}
-
-    return first("fit_start"), first("fit_end")
+    curve = {}
+    for moment, results in evals.results.items():
+        step = evals.steps.get(moment, trainer.global_step)
+        for bench, metrics in results.items():
+            curve[moment] = {"benchmark": bench, "step": step, "accuracy": metrics.get("accuracy")}
+            break
+    return dict(sorted(curve.items(), key=lambda item: item[1]["step"]))

@@ -79,6 +79,7 @@ class MathEvalCallback(pl.Callback):
         self.at_fit_start, self.at_fit_end, self.limit = at_fit_start, at_fit_end, limit
         self.grade_timeout, self.grade_workers = grade_timeout, grade_workers
         self.results: dict[str, dict[str, dict[str, float]]] = {}
+        self.steps: dict[str, int] = {}  # moment -> optimizer step it was measured at
         self._last_step = -1
         self._loaded: dict[str, list[dict]] = {}
         for name in self.benchmarks:  # fail at start-up, not after an hour of training
@@ -86,8 +87,15 @@ class MathEvalCallback(pl.Callback):
 
     # ---- hooks -------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_fit_start:
+        if self.at_fit_start and "fit_start" not in self.results:  # a resumed run keeps its first measure
             self.evaluate(trainer, pl_module, "fit_start")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "steps": self.steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.results = dict(state_dict.get("results", {}))
+        self.steps = dict(state_dict.get("steps", {}))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -122,6 +130,7 @@ class MathEvalCallback(pl.Callback):
         finally:
             pl_module.train(was_training)
         self.results[moment] = results
+        self.steps[moment] = trainer.global_step
         self._log(trainer, pl_module, moment, results)
         if trainer.is_global_zero:
             rank_zero_info(summary_table(moment, results, self.num_samples))
