@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
             from tiplight import toy
 
             raise SystemExit(toy.main(argv[1:]))
+        if argv[:1] == ["study"]:
+            from tiplight import study
+
+            raise SystemExit(study.main(argv[1:]))
         if argv[:1] == ["analyze"]:
             from tiplight import diagnostics
 

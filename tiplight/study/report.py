@@ -1,0 +1,160 @@
+"""A study's report: ``results.csv`` (one row per run, with the command that reproduces it) from the runs'
+``summary.json``, then everything else from ``results.csv`` alone: a Markdown table of mean and 95% CI per
+setting, paired differences against the baseline over the same seeds, and two plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from tiplight.study.grid import Study
+from tiplight.study.stats import Interval, interval, paired
+
+QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
+COLUMNS = ("setting", "seed", "status", "accuracy_before", "accuracy_after", "steps", "kept_fraction",
+           "wall_seconds", "peak_memory_mib",
+           *(f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS), "accuracy_curve", "command")
+
+
+def collect(study: Study) -> list[dict[str, object]]:
+    """One row per run of ``study`` (finished, failed or pending), in the study's order."""
+    rows = []
+    for run in study.runs():
+        folder = Path(run.folder)
+        row: dict[str, object] = {c: "" for c in COLUMNS}
+        row.update(setting=run.setting, seed=run.seed, command=run.command, status="pending")
+        if (folder / "summary.json").is_file():
+            s = json.loads((folder / "summary.json").read_text())
+            row.update(status="done", accuracy_before=s.get("accuracy_before"), accuracy_after=s.get("accuracy_after"),
+                       steps=s.get("steps"), kept_fraction=s.get("train/kept_fraction"),
+                       wall_seconds=s.get("wall_seconds"), peak_memory_mib=s.get("peak_memory_mib"),
+                       accuracy_curve=" ".join(f"{k}:{v:.4f}" for k, v in s.get("accuracy_curve", {}).items()))
+            for q in QUADRANTS:
+                for over in ("all", "kept"):
+                    row[f"{q}_{over}"] = s.get(f"quadrant/{q}_{over}", "")
+        elif (folder / "failed.json").is_file():
+            row["status"] = "failed"
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, object]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def by_setting(rows: list[dict[str, str]], column: str) -> dict[str, dict[int, float]]:
+    """``setting -> {seed: value}`` of a numeric column over the finished runs, settings in row order."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in rows:
+        if row["status"] == "done" and row[column] not in ("", "None"):
+            out[row["setting"]][int(row["seed"])] = float(row[column])
+    return dict(out)
+
+
+def curves(rows: list[dict[str, str]]) -> dict[str, dict[int, list[float]]]:
+    """``setting -> {step: [accuracy per seed]}`` from the ``accuracy_curve`` column."""
+    out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        for point in row["accuracy_curve"].split() if row["status"] == "done" else ():
+            step, acc = point.split(":")
+            out[row["setting"]][int(step)].append(float(acc))
+    return {k: dict(v) for k, v in out.items()}
+
+
+def _pct(i: Interval) -> str:
+    if math.isnan(i.mean):
+        return "-"
+    return f"{100 * i.mean:.1f}" + ("" if math.isnan(i.half_width) else f" ± {100 * i.half_width:.1f}")
+
+
+def markdown(rows: list[dict[str, str]], baseline: str | None) -> str:
+    """Mean ± 95% CI per setting, and the paired difference to ``baseline`` (points, same seeds)."""
+    after, before = by_setting(rows, "accuracy_after"), by_setting(rows, "accuracy_before")
+    kept, wall = by_setting(rows, "kept_fraction"), by_setting(rows, "wall_seconds")
+    head = ["setting", "runs", "accuracy before (%)", "accuracy after (%)"]
+    if baseline in after:
+        head.append(f"after - {baseline} (points, paired)")
+    head += ["kept fraction", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting, values in after.items():
+        cells = [setting, str(len(values)), _pct(interval(list(before[setting].values()))),
+                 _pct(interval(list(values.values())))]
+        if baseline in after:
+            cells.append("-" if setting == baseline else _pct(paired(values, after[baseline])))
+        cells += [f"{interval(list(kept.get(setting, {}).values())).mean:.3f}",
+                  f"{interval(list(wall.get(setting, {}).values())).mean:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def quadrant_table(rows: list[dict[str, str]]) -> str:
+    """Mean TIP quadrant shares (%) over all valid tokens and over kept tokens, per setting."""
+    head = ["setting", *(f"{q} all" for q in QUADRANTS), *(f"{q} kept" for q in QUADRANTS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    columns = [f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS]
+    for setting in by_setting(rows, "accuracy_after"):
+        means = [interval(list(by_setting(rows, c).get(setting, {}).values())).mean for c in columns]
+        lines.append("| " + " | ".join([setting, *("-" if math.isnan(m) else f"{100 * m:.1f}" for m in means)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, str]], out: Path) -> list[Path]:
+    """``accuracy.png`` (final accuracy, mean and 95% CI per setting) and ``curves.png`` (accuracy against
+    training step, mean over seeds per setting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    after = by_setting(rows, "accuracy_after")
+    stats = {s: interval(list(v.values())) for s, v in after.items()}
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(stats) + 1.5))
+    names = list(stats)[::-1]
+    ax.errorbar([100 * stats[s].mean for s in names], range(len(names)), fmt="o", capsize=4,
+                xerr=[0 if math.isnan(stats[s].half_width) else 100 * stats[s].half_width for s in names])
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("accuracy after training (%), mean and 95% CI over seeds")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    paths = [out / "accuracy.png", out / "curves.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting, points in curves(rows).items():
+        steps = sorted(points)
+        ax.plot(steps, [100 * sum(points[s]) / len(points[s]) for s in steps], marker="o", label=setting)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def report(out: str | Path) -> str:
+    """Refresh ``results.csv`` from the runs, then ``report.md`` and the plots from ``results.csv``."""
+    out = Path(out)
+    study = Study.load(out)
+    write_csv(collect(study), out / "results.csv")
+    rows = read_csv(out / "results.csv")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
+    text = (f"runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending\n\n"
+            + markdown(rows, study.baseline) + "\nTIP quadrant shares (%), mean over steps and seeds\n\n"
+            + quadrant_table(rows))
+    (out / "report.md").write_text(text)
+    if counts["done"]:
+        plot(rows, out)
+    return text
