@@ -138,3 +138,26 @@ def test_math_train_prompts_resolve():
 
     rows = read_rows("math_train", "problem")
     assert len(rows) == 7500 and all(r["problem"] for r in rows[:10])
+
+
+MODEL_FRAGMENTS = [f for f in FRAGMENTS if "lora" in f or f.startswith("quantization/")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files", [(b,) for b in BASES] + [("toy.yaml", f) for f in MODEL_FRAGMENTS],
+                         ids=lambda files: "+".join(files))
+def test_model_section_loads_through_the_cli(files, tiny):
+    """Every shipped model section (LoRA, 4/8-bit) builds its models as `tiplight fit` does: the CLI hands
+    the module plain dicts in hparams, which once crashed configure_model ('dict' has no attribute 'r')."""
+    args = [a for f in files for a in ("--config", str(CONFIGS / f))]
+    cli = ParseOnlyCLI(args=[*args, "--model.student", tiny["student"], "--model.teacher", tiny["teacher"],
+                             "--model.tokenizer", tiny["tokenizer"]], run=False)  # its own CLI: hparams come from it
+    config, module = cli.config, cli.model
+    assert isinstance(module.hparams.get("lora") or {}, dict)  # what the CLI hands the module
+    module.configure_model()
+    section = config.model
+    assert hasattr(module.student, "peft_config") == (section.lora is not None)
+    for quantization, model in ((section.teacher_quantization, module.teacher),
+                                (section.student_quantization, module.student)):
+        linear_types = {type(m).__name__ for m in model.modules()}
+        assert ({"Linear4bit", "Linear8bitLt"} & linear_types != set()) == (quantization is not None)

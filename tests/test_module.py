@@ -90,6 +90,12 @@ def test_export_merged_and_adapter(tiny, prompts_file, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
     assert not any("lora" in k for k in merged.state_dict())
+    # the model in training keeps its adapter after a merged export (a mid-run export changes nothing)
+    assert any("lora" in k for k in module.student.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(module.student(input_ids=ids).logits, want, rtol=0, atol=0)
+    assert list(module.optimizers().optimizer.param_groups[0]["params"])[0] is next(
+        p for p in module.student.parameters() if p.requires_grad)
 
 
 def test_validation_loss_is_logged(tiny, prompts_file, tmp_path):
@@ -104,10 +110,22 @@ def test_empty_step_is_skipped_with_a_warning(tiny, prompts_file, tmp_path):
 
     module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0))  # nothing qualifies
     trainer = make_trainer(tmp_path, max_steps=1, max_epochs=1, limit_train_batches=2)
-    before = student_params(module) if module.student else None
+    module.configure_model()  # the student exists before fit, so its weights can be compared after
+    before = student_params(module)
     with pytest.warns(UserWarning, match="no token was kept"):
         trainer.fit(module, make_data(prompts_file))
-    assert before is None and trainer.global_step == 0
+    assert trainer.global_step == 0 and module.empty_steps == 2
+    after = student_params(module)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tmp_path):
+    from tiplight.selection import QuadrantSelector
+
+    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0), max_empty_steps=3)
+    trainer = make_trainer(tmp_path, max_steps=5)  # skipped steps never reach max_steps
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"no token was kept in 3 consecutive steps"):
+        trainer.fit(module, make_data(prompts_file))
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -123,7 +141,9 @@ def test_bad_module_input_is_one_clear_error(tiny, prompts_file, tmp_path, kwarg
         make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
 
 
-def test_mismatched_tokenizers_fail_at_start(tiny, prompts_file, tmp_path):
+@pytest.mark.parametrize("field", ["model.student", "model.tokenizer"])
+def test_mismatched_tokenizers_fail_at_start(tiny, prompts_file, tmp_path, field):
+    """Also when model.tokenizer is set: the teacher is checked against the run's tokenizer in every case."""
     import shutil
 
     from conftest import build_tokenizer
@@ -131,8 +151,9 @@ def test_mismatched_tokenizers_fail_at_start(tiny, prompts_file, tmp_path):
     other = tmp_path / "teacher"
     shutil.copytree(tiny["teacher"], other)
     build_tokenizer(other, extra=["@"])
-    module = make_module(tiny, teacher=str(other))
-    with pytest.raises(ValueError, match="different tokenizers"):
+    tokenizer = tiny["tokenizer"] if field == "model.tokenizer" else None
+    module = make_module(tiny, teacher=str(other), tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=f"model.teacher and {field} use different tokenizers"):
         make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
 
 

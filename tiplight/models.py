@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,18 +146,31 @@ def add_lora(model: nn.Module, lora: LoRA, quantized: bool) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> None:
-    """Teacher and student must read the same token ids; otherwise one clear error at start-up."""
+def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase,
+                     names: tuple[str, str] = ("model.student", "model.teacher")) -> None:
+    """Two tokenizers must give the same token ids; otherwise one clear error at start-up naming both fields."""
     s_vocab, t_vocab = student.get_vocab(), teacher.get_vocab()
     if s_vocab != t_vocab:
         only_s = sorted(set(s_vocab) - set(t_vocab))[:3]
         only_t = sorted(set(t_vocab) - set(s_vocab))[:3]
         moved = sum(1 for k in s_vocab.keys() & t_vocab.keys() if s_vocab[k] != t_vocab[k])
         raise ValueError(
-            "model.teacher and model.student use different tokenizers "
-            f"({len(s_vocab)} vs {len(t_vocab)} tokens, {moved} shared tokens with other ids, e.g. only the "
-            f"student has {only_s}, only the teacher has {only_t}); OPD needs one shared tokenizer."
+            f"{names[1]} and {names[0]} use different tokenizers "
+            f"({len(s_vocab)} vs {len(t_vocab)} tokens, {moved} shared tokens with other ids, e.g. only "
+            f"{names[0]} has {only_s}, only {names[1]} has {only_t}); OPD needs one shared tokenizer."
         )
+
+
+def check_teacher_tokenizer(tokenizer: PreTrainedTokenizerBase, teacher: str, field_name: str) -> None:
+    """The teacher's own tokenizer must match the run's (``field_name`` names where it came from); a
+    teacher directory without a tokenizer cannot be checked, which is said in a warning."""
+    try:
+        own = AutoTokenizer.from_pretrained(teacher)
+    except (OSError, ValueError, TypeError):
+        warnings.warn(f"model.teacher={teacher!r} has no tokenizer to check against {field_name}; make sure "
+                      "the teacher reads the same token ids.", stacklevel=2)
+        return
+    check_tokenizers(tokenizer, own, (field_name, "model.teacher"))
 
 
 def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
@@ -172,11 +187,13 @@ def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
 
 
 def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True) -> Path:
-    """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone."""
+    """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone.
+
+    Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and merge:
-        model = model.merge_and_unload()
+        model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out

@@ -20,7 +20,7 @@ from tiplight.models import (
     ModelSource,
     Quantization,
     add_lora,
-    check_tokenizers,
+    check_teacher_tokenizer,
     export_student,
     freeze,
     load_model,
@@ -97,6 +97,8 @@ class DistillModule(L.LightningModule):
         grad_clip: clip the gradient norm to this value (None: no clipping).
         entropy_threshold / divergence_threshold: quadrant thresholds for logging (default: medians).
         generation_batch_size: rollouts generated at once (bounds generation memory).
+        max_empty_steps: stop with an error after this many consecutive steps in which no token was kept
+            anywhere (skipped steps do not count toward ``max_steps``, so such a run would never end).
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
     """
 
@@ -128,6 +130,7 @@ class DistillModule(L.LightningModule):
         entropy_threshold: float | None = None,
         divergence_threshold: float | None = None,
         generation_batch_size: int = 64,
+        max_empty_steps: int = 20,
         seed: int | None = None,
     ):
         super().__init__()
@@ -135,7 +138,8 @@ class DistillModule(L.LightningModule):
         _check_choice("stats_scope", stats_scope, STATS_SCOPES)
         _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         self.divergence = losses.get_divergence(divergence, jsd_beta)
-        for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size)):
+        for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
+                            ("max_empty_steps", max_empty_steps)):
             if value < 1:
                 raise ValueError(f"model.{name}={value} is not allowed; use an integer >= 1.")
         if micro_batch_size is not None and micro_batch_size < 1:
@@ -158,6 +162,7 @@ class DistillModule(L.LightningModule):
         self.vocab_size = 0
         self.last_step: StepRecord | None = None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
+        self.empty_steps = 0  # consecutive steps that kept no token
 
     # --- models --------------------------------------------------------------------------------------
     @property
@@ -198,8 +203,7 @@ class DistillModule(L.LightningModule):
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         models = [student]
         if hp.teacher is not None:
-            if hp.tokenizer is None:
-                check_tokenizers(self.tokenizer, load_tokenizer(resolve(hp.teacher), "model.teacher"))
+            check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
             teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher", device))
             self.__dict__["_teacher"] = teacher
@@ -328,8 +332,15 @@ class DistillModule(L.LightningModule):
         kept, valid = sum_over_ranks(self, torch.stack([kept, valid]))
         denominator = kept if self.hparams.denominator == "kept" else valid
         if kept == 0:
+            self.empty_steps += 1
+            if self.empty_steps >= self.hparams.max_empty_steps:
+                raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
+                                 f"(model.max_empty_steps={self.hparams.max_empty_steps}): model.selector "
+                                 f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
+                                 "settings (retain, thresholds).")
             warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
             return torch.tensor(float("nan")), kept
+        self.empty_steps = 0
         optimizer = self.optimizers()
         optimizer.zero_grad()
         total = torch.zeros((), device=self.device)
