@@ -14,7 +14,7 @@ import sys
 
 import lightning as L
 import torch
-from distributed_run import Recording
+from helpers import Recording
 from lightning.pytorch.strategies import FSDPStrategy
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 

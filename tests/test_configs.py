@@ -161,3 +161,12 @@ def test_model_section_loads_through_the_cli(files, tiny):
                                 (section.student_quantization, module.student)):
         linear_types = {type(m).__name__ for m in model.modules()}
         assert ({"Linear4bit", "Linear8bitLt"} & linear_types != set()) == (quantization is not None)
+
+
+def test_every_config_path_named_in_configs_and_docs_exists():
+    import re
+
+    root = CONFIGS.parent
+    texts = [*CONFIGS.glob("**/*.yaml"), root / "README.md", *root.glob("benchmarks/*.md")]
+    named = {m for path in texts for m in re.findall(r"configs/[\w/.-]+\.yaml", path.read_text())}
+    assert named and not sorted(n for n in named if not (root / n).is_file())

@@ -234,9 +234,3 @@ def clip_grad_norm(module: L.LightningModule, optimizer, max_norm: float) -> tor
         g.mul_(factor.to(g.dtype))
     return total
 
-
-def fsdp1_policy(layer_types: set[type[nn.Module]]):
-    """The auto-wrap policy Lightning's ``FSDPStrategy`` applies: one unit per decoder layer."""
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-    return ModuleWrapPolicy(layer_types)

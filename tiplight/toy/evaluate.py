@@ -18,15 +18,9 @@ def boxed_answer(text: str) -> str | None:
 
 
 def is_correct(response: str, gold: str) -> bool:
-    """Grade with ``tiplight.evals.grade`` when it is importable; else exact match of the boxed answer.
+    """Whether ``response`` answers ``gold`` (``tiplight.evals.grade``)."""
+    from tiplight.evals import grade
 
-    The fallback is strict (``0.75`` does not match ``3/4``), which only under-counts; the toy models
-    always write reduced fractions and whole numbers, the same forms as the gold answers.
-    """
-    try:
-        from tiplight.evals import grade
-    except ImportError:
-        return boxed_answer(response) == gold
     return bool(grade(response, gold))
 
 
