@@ -94,8 +94,6 @@ def test_export_merged_and_adapter(tiny, prompts_file, tmp_path):
     assert any("lora" in k for k in module.student.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(module.student(input_ids=ids).logits, want, rtol=0, atol=0)
-    assert list(module.optimizers().optimizer.param_groups[0]["params"])[0] is next(
-        p for p in module.student.parameters() if p.requires_grad)
 
 
 def test_validation_loss_is_logged(tiny, prompts_file, tmp_path):

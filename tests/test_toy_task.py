@@ -9,8 +9,8 @@ from fractions import Fraction
 import pytest
 
 from tiplight.toy import TaskConfig, load_problems
-from tiplight.toy.task import HELD_OUT
 from tiplight.toy.evaluate import boxed_answer
+from tiplight.toy.task import HELD_OUT
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
