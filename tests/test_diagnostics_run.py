@@ -88,7 +88,8 @@ def test_analyze_through_the_cli_prints_markdown(run, capsys):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["missing_dir"], "does not exist"),
-    (["empty_dir"], "holds no rollouts JSONL file"),
+    (["empty_dir"], "has no diagnostics rollouts"),
+    (["run_without_diagnostics_dir"], "has no diagnostics rollouts"),  # not its evals/*.jsonl
     (["foreign.jsonl"], "it is not a tiplight rollouts file"),
     (["RUN", "--selectors", "NoSuchTopK:0.5"], "Unknown selector 'NoSuchTopK'"),
     (["RUN", "--selectors", "SoftOrTopK:half"], "not a retain fraction"),
@@ -96,6 +97,8 @@ def test_analyze_through_the_cli_prints_markdown(run, capsys):
 ])
 def test_analyze_bad_input_is_one_clear_error(run, tmp_path, capsys, args, message):
     (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "run_without_diagnostics_dir" / "evals").mkdir(parents=True)
+    (tmp_path / "run_without_diagnostics_dir" / "evals" / "fit_end_toy.jsonl").write_text('{"index": 0}\n')
     (tmp_path / "foreign.jsonl").write_text('{"problem": "1+1"}\n')
     args = [run[0] if a == "RUN" else str(tmp_path / a) if a.endswith(("_dir", ".jsonl")) else a for a in args]
     with pytest.raises(SystemExit) as exit_:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,32 @@ class RunSummary(L.Callback):
         if s["student_dir"]:
             print(f"tiplight: trained student (HF directory): {s['student_dir']}")
         print(f"tiplight: logs and summary.json in {log_dir}")
+
+
+class Interruption(L.Callback):
+    """What an interrupted fit leaves. SIGTERM (schedulers, ``kill``): Lightning stops after the current
+    step, and a resumable checkpoint is saved to ``<log_dir>/checkpoints/interrupted.ckpt``. Ctrl-C stops
+    mid-step, so nothing more is saved: the message names the last checkpoint, if any. Either way the
+    student is not exported and ``summary.json`` is not written. (``tiplight`` adds this to every run.)"""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            path = _log_dir(trainer) / "checkpoints" / "interrupted.ckpt"
+            trainer.save_checkpoint(path)
+            saved = f"a resumable checkpoint was saved: resume with --ckpt_path {path}"
+            what = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+            saved = (f"nothing more was saved; the last checkpoint is {last}" if last
+                     else "no checkpoint was saved (none was configured or reached)")
+            what = "Ctrl-C"
+        else:
+            return
+        if trainer.is_global_zero:
+            print(f"\ntiplight: interrupted by {what} at step {trainer.global_step}: {saved}; the student was "
+                  "not exported and summary.json was not written.", file=sys.stderr, flush=True)
 
 
 def _log_dir(trainer: L.Trainer) -> Path:

@@ -1,22 +1,44 @@
-"""The ``tiplight`` command: LightningCLI subcommands (fit, validate, ...) plus ``tiplight toy ...``."""
+"""The ``tiplight`` command: LightningCLI subcommands (fit, validate, ...) plus ``toy``, ``study``, ``analyze``.
+
+Bad input ends with one sentence on stderr and exit code 2 (``TIPLIGHT_TRACEBACK=1`` shows the
+traceback); SIGTERM saves a resumable checkpoint and exits with 143; Ctrl-C says what was written."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import re
 import sys
+import zipfile
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Any
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tiplight.callbacks import Interruption
+from tiplight.console import progress_bar, quiet
 from tiplight.data import PromptDataModule
 from tiplight.module import DistillModule
 
+COMMANDS = """tiplight's own commands (each has --help):
+  tiplight toy build|eval ...    build or evaluate the embedded toy world's models
+  tiplight study ...             grids of `fit` runs over seeds, with confidence intervals
+  tiplight study report DIR      results.csv, tables and plots of a study
+  tiplight analyze RUN_DIR ...   quadrant shares and selector overlap of a run's diagnostics"""
+
 
 class TiplightCLI(LightningCLI):
-    """LightningCLI with tiplight's defaults: no automatic optimizer flags (the module owns them),
-    and one config file saved per run (overwritten on resume)."""
+    """LightningCLI with tiplight's defaults: no automatic optimizer flags (the module owns them), one
+    config file saved per run (overwritten on resume), parse errors raised (``main`` condenses them), a
+    progress bar that suits the console, and a checkpoint on SIGTERM."""
 
-    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs):
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs: Any):
+        parser_kwargs = {"exit_on_error": False, **kwargs.pop("parser_kwargs", {})}
         super().__init__(
             DistillModule,
             PromptDataModule,
@@ -24,39 +46,119 @@ class TiplightCLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
             args=args,
             run=run,
             **kwargs,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hparams here, before any hook: check the file first
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path:
+            check_checkpoint(path)
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError as error:
+            found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
+            raise ValueError(f"ckpt_path={path!r} holds objects that safe loading refuses "
+                             f"({found.group(0) if found else 'unpicklable content'}); tiplight loads "
+                             "checkpoints with weights_only=True and does not run a file's pickled code.") from None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        configured = config.get("callbacks") or []
+        given = [*(configured if isinstance(configured, list) else [configured]), *callbacks]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, progress_bar()]
+        return super()._instantiate_trainer(config, [*callbacks, Interruption()])
+
+
+def check_checkpoint(path: str) -> None:
+    """A clear error for a ``ckpt_path`` that is missing, empty or not a PyTorch checkpoint (truncated)."""
+    p = Path(path)
+    if p.is_dir():  # a sharded (distributed) checkpoint
+        return
+    if not p.is_file():
+        raise ValueError(f"ckpt_path={path!r} does not exist; give a .ckpt file written by `tiplight fit`.")
+    if p.stat().st_size == 0 or not zipfile.is_zipfile(p):
+        state = "is empty" if p.stat().st_size == 0 else "is not a PyTorch checkpoint (truncated or another format)"
+        raise ValueError(f"ckpt_path={path!r} {state}; give a .ckpt file written by `tiplight fit`.")
+
+
+_NOISE_LINES = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|"
+                          r"Expected a <class 'NoneType'>|Given value type:|Given value:|"
+                          r"Problem with given class_path)")
+
+
+def condense(message: str) -> str:
+    """One sentence from a jsonargparse error: the key, the specific complaints, and the valid choices."""
+    lines = [line.strip(" -\t") for line in message.splitlines()]
+    key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
+    specific = [line for line in ([key.group(2)] if key else [lines[0]]) + lines[1:]
+                if line and not _NOISE_LINES.match(line)]
+    text = "; ".join(dict.fromkeys(specific)) or message.strip()
+    if key is None:
+        return text
+    name = key.group(1)
+    hint = ""
+    if name.endswith("selector"):
+        from tiplight.selection import list_selectors
+
+        hint = f"; registered selectors: {', '.join(list_selectors())} (or a dotted class path)"
+    klass = re.search(r"Problem with given class_path '([\w.]+)'", message)
+    if klass and "is not accepted" in message:
+        hint = f"; {klass.group(1).rsplit('.', 1)[-1]} accepts: {', '.join(_init_args(klass.group(1)))}"
+    return f"{name}: {text}{hint}."
+
+
+def _init_args(class_path: str) -> list[str]:
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def _subcommand(argv: list[str]) -> int | None:
+    """Run ``toy`` / ``study`` / ``analyze``; None for a LightningCLI subcommand."""
+    if argv[:1] == ["toy"]:
+        from tiplight import toy
+
+        return toy.main(argv[1:])
+    if argv[:1] == ["study"]:
+        from tiplight import study
+
+        return study.main(argv[1:])
+    if argv[:1] == ["analyze"]:
+        from tiplight import diagnostics
+
+        return diagnostics.main(argv[1:])
+    return None
+
 
 def main(argv: list[str] | None = None) -> None:
-    """``tiplight toy|analyze ...`` or a LightningCLI subcommand. Bad input ends with one sentence on
-    stderr (set ``TIPLIGHT_TRACEBACK=1`` for the full traceback). ``TIPLIGHT_PLUGINS=a.b,c`` imports
-    plugin modules first."""
+    """``tiplight toy|study|analyze ...`` or a LightningCLI subcommand. ``TIPLIGHT_PLUGINS=a.b,c`` imports
+    plugin modules first (so YAML can name their classes briefly)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # plugin modules (e.g. selectors) imported before parsing, so YAML can name their classes briefly
+    quiet()
     for name in filter(None, os.environ.get("TIPLIGHT_PLUGINS", "").split(",")):
         importlib.import_module(name.strip())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(COMMANDS + "\n\nLightningCLI's subcommands:")
     try:
-        if argv[:1] == ["toy"]:
-            from tiplight import toy
-
-            raise SystemExit(toy.main(argv[1:]))
-        if argv[:1] == ["study"]:
-            from tiplight import study
-
-            raise SystemExit(study.main(argv[1:]))
-        if argv[:1] == ["analyze"]:
-            from tiplight import diagnostics
-
-            raise SystemExit(diagnostics.main(argv[1:]))
+        code = _subcommand(argv)
+        if code is not None:
+            raise SystemExit(code)
         TiplightCLI(args=argv)
-    except ValueError as error:
+    except (ValueError, ArgumentError, MisconfigurationException) as error:
         if os.environ.get("TIPLIGHT_TRACEBACK"):
             raise
-        print(f"tiplight: error: {error}", file=sys.stderr)
+        text = condense(str(error)) if isinstance(error, ArgumentError) else str(error)
+        print(f"tiplight: error: {text}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
 
 
 if __name__ == "__main__":

@@ -411,7 +411,7 @@ class DistillModule(L.LightningModule):
             for name, share in quadrant_shares(ids, self.global_keep(weights, valid)).items():
                 metrics[f"quadrant/{name}_kept"] = share
         self.log_dict(metrics, on_step=True, prog_bar=False)
-        self.log("loss", loss, prog_bar=True, logger=False)
+        self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""

@@ -44,16 +44,18 @@ def parse_selector(spec: str) -> Selector:
 
 
 def find_files(source: str | Path) -> list[Path]:
-    """The rollouts files: ``source`` itself, or every ``*.jsonl`` under a run directory's ``diagnostics``."""
+    """The rollouts files: ``source`` itself, or every ``*.jsonl`` under a run directory's ``diagnostics``
+    folders (other JSONL files of a run, such as evaluation records, are not rollouts)."""
     source = Path(source)
     if source.is_file():
         return [source]
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*.jsonl") if "diagnostics" in p.parts) or sorted(source.rglob("*.jsonl"))
+        files = sorted(p for p in source.rglob("*.jsonl") if "diagnostics" in p.relative_to(source).parts)
         if files:
             return files
-        raise ValueError(f"{str(source)!r} holds no rollouts JSONL file; train with the TipDiagnostics "
-                         "callback (save_jsonl=True) or give a JSONL path written by Scored.to_jsonl.")
+        raise ValueError(f"{str(source)!r} has no diagnostics rollouts (no diagnostics/*.jsonl); train with "
+                         "--trainer.callbacks+=tiplight.diagnostics.TipDiagnostics, or give a JSONL path "
+                         "written by Scored.to_jsonl.")
     raise ValueError(f"{str(source)!r} does not exist; give a run directory or a rollouts JSONL file.")
 
 
