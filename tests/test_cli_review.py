@@ -4,7 +4,6 @@ seed flag, progress on a pipe, SIGTERM, resumed summaries, overwrites, bad check
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -139,3 +138,15 @@ def test_help_lists_tiplights_own_commands(capsys):
     assert code == 0 and all(f"tiplight {c}" in out for c in ("toy", "study", "analyze")) and "fit" in out
 
 
+
+
+@pytest.mark.parametrize("option,value,allowed", [
+    ("model.stats_scope", "global", "batch, micro"), ("model.denominator", "all", "kept, valid"),
+    ("model.lr_schedule", "linear", "cosine, constant"), ("model.divergence", "kl", "reverse_kl, forward_kl, jsd"),
+    ("data.init_args.overlong", "cut", "truncate, skip"), ("model.selector.init_args.budget", "step", "rollout, batch"),
+])
+def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, capsys, option, value, allowed):
+    config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
+    code, _, err = run_main(["fit", "--config", str(config), f"--{option}", value], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"='{value}' is not allowed; use one of {allowed}." in err

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tiplight.data import PromptDataModule, PromptStream, format_prompt, read_jsonl
+from tiplight.data import PromptDataModule, PromptStream, format_prompt, read_rows
 from tiplight.models import load_tokenizer
 
 
@@ -66,17 +66,15 @@ def test_stream_is_seeded_and_ranks_split_the_global_batch(tiny, prompts_file):
 def test_missing_field_names_file_line_and_field(tmp_path):
     path = write(tmp_path / "p.jsonl", [{"problem": "x"}, {"question": "y"}])
     with pytest.raises(ValueError, match=r"p.jsonl:2 has no field 'problem' \(data.prompt_field\); its fields are \['question'\]"):
-        read_jsonl(path, "problem")
+        read_rows(str(path), "problem")
 
 
 def test_empty_dataset_and_bad_options(tiny, tmp_path):
     path = write(tmp_path / "empty.jsonl", [])
     with pytest.raises(ValueError, match="hold no usable prompt"):
         setup_data(tiny, path)
-    with pytest.raises(ValueError, match="data file .* does not exist"):
-        read_jsonl(tmp_path / "nope.jsonl", "problem")
-    with pytest.raises(ValueError, match="data.overlong='cut' is not allowed"):
-        PromptDataModule(train_files=[str(path)], overlong="cut")
+    with pytest.raises(ValueError, match="is neither a registered source .* nor an existing JSONL file"):
+        read_rows(str(tmp_path / "nope.jsonl"), "problem")
     with pytest.raises(ValueError, match="data.rollouts_per_prompt=0"):
         PromptDataModule(train_files=[str(path)], rollouts_per_prompt=0)
 

@@ -96,7 +96,7 @@ def test_callback_in_validate_logs_metrics(tmp_path, bench):
 
 
 def test_callback_rejects_bad_config_at_start():
-    with pytest.raises(ValueError, match="Unknown benchmark"):
+    with pytest.raises(ValueError, match="is neither a registered source"):
         MathEvalCallback(benchmarks=["math5000"])
     with pytest.raises(ValueError, match="num_samples"):
         MathEvalCallback(benchmarks=["aime24"], num_samples=0)

@@ -129,8 +129,6 @@ def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tm
 @pytest.mark.parametrize("kwargs,message", [
     (dict(student="/no/such/model"), r"model.student='/no/such/model' could not be loaded"),
     (dict(divergence="kl"), r"divergence='kl' is unknown; allowed: reverse_kl"),
-    (dict(stats_scope="global"), r"model.stats_scope='global' is not allowed"),
-    (dict(denominator="all"), r"model.denominator='all' is not allowed"),
     (dict(chunk_size=0), r"model.chunk_size=0"),
 ])
 def test_bad_module_input_is_one_clear_error(tiny, prompts_file, tmp_path, kwargs, message):

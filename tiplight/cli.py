@@ -101,6 +101,10 @@ def condense(message: str) -> str:
     if key is None:
         return text
     name = key.group(1)
+    choice = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", message)
+    if choice:
+        allowed = ", ".join(v.strip(" '\"") for v in choice.group(1).split(","))
+        return f"{name}={choice.group(2).strip()!r} is not allowed; use one of {allowed}."
     hint = ""
     if name.endswith("selector"):
         from tiplight.selection import list_selectors

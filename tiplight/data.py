@@ -10,8 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -19,12 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
-from tiplight.jsonl import read_lines
 from tiplight.models import load_tokenizer
-from tiplight.paths import resolve
 from tiplight.seeding import resolve_seed
-
-OVERLONG = ("truncate", "skip")
+from tiplight.sources import load_source
 
 
 @dataclass(frozen=True)
@@ -38,31 +34,8 @@ class Prompt:
 
 
 def read_rows(source: str, field: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, a ``tiplight:`` packaged file, or a registered benchmark (``math_train``)."""
-    from tiplight.evals import BENCHMARKS, load_benchmark
-
-    if source in BENCHMARKS and not Path(source).is_file():
-        rows = load_benchmark(source)
-        if rows and field not in rows[0]:
-            raise ValueError(f"benchmark {source!r} has no field {field!r} (data.prompt_field); "
-                             f"its fields are {sorted(rows[0])}.")
-        return rows
-    return read_jsonl(resolve(source), field)
-
-
-def read_jsonl(path: str | Path, field: str) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; each must have ``field`` (a clear error names the file, line and field)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data file {str(path)!r} does not exist; give a JSONL path, a tiplight: path or a "
-                         "registered benchmark name (see tiplight.evals.BENCHMARKS).")
-    rows = []
-    for line_no, row in read_lines(path):
-        if not isinstance(row, dict) or field not in row:
-            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"{path}:{line_no} has no field {field!r} (data.prompt_field); its fields are {keys}.")
-        rows.append(row)
-    return rows
+    """Prompt rows of a JSONL file, a ``tiplight:`` packaged file, or a named source (``math_train``)."""
+    return load_source(source, (field,), "data.prompt_field")
 
 
 def format_prompt(
@@ -182,7 +155,7 @@ class PromptDataModule(L.LightningDataModule):
         chat_template: bool = True,
         chat_template_kwargs: dict[str, Any] | None = None,
         max_prompt_tokens: int = 2048,
-        overlong: str = "truncate",
+        overlong: Literal["truncate", "skip"] = "truncate",
         prompts_per_step: int = 8,
         rollouts_per_prompt: int = 4,
         val_batch_size: int = 8,
@@ -190,8 +163,6 @@ class PromptDataModule(L.LightningDataModule):
         seed: int | None = None,
     ):
         super().__init__()
-        if overlong not in OVERLONG:
-            raise ValueError(f"data.overlong={overlong!r} is not allowed; use one of {', '.join(OVERLONG)}.")
         for name, value in (("prompts_per_step", prompts_per_step), ("rollouts_per_prompt", rollouts_per_prompt),
                             ("max_prompt_tokens", max_prompt_tokens), ("val_batch_size", val_batch_size)):
             if value < 1:

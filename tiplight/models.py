@@ -146,6 +146,20 @@ def add_lora(model: nn.Module, lora: LoRA, quantized: bool) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def load_student(source: ModelSource, lora: LoRA | None, *, seed: int, gradient_checkpointing: bool = False,
+                 device: torch.device | str | None = None) -> nn.Module:
+    """The student: loaded, with a LoRA adapter whose init depends on ``seed`` alone, and optionally
+    activation checkpointing in its decoder."""
+    student = load_model(source, "model.student", device)
+    if lora is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            student = add_lora(student, lora, quantized=source.quantization is not None)
+    if gradient_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return student
+
+
 def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase,
                      names: tuple[str, str] = ("model.student", "model.teacher")) -> None:
     """Two tokenizers must give the same token ids; otherwise one clear error at start-up naming both fields."""

@@ -2,46 +2,53 @@
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import losses
+from tiplight import generation, losses
 from tiplight.models import (
     LoRA,
     ModelSource,
     Quantization,
-    add_lora,
     check_teacher_tokenizer,
     export_student,
     freeze,
     load_model,
+    load_student,
     load_tokenizer,
     vocab_size,
 )
 from tiplight.objective import selected_loss_sum
-from tiplight.parallel import all_gather_rows, clip_grad_norm, parallelize, sum_over_ranks
-from tiplight.paths import resolve
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
+from tiplight.parallel import (
+    all_gather_rows,
+    clip_grad_norm,
+    no_sync,
+    parallelize,
+    scale_gradients,
+    sum_over_ranks,
+)
+from tiplight.passes import ScoredPart, sample, score
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
+from tiplight.schedule import lr_factor
 from tiplight.seeding import resolve_seed
-from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
-from tiplight.stats import RawStats, completion_hidden, token_stats
+from tiplight.selection import AllTokens, Selector, TokenStats
+from tiplight.sources import resolve
+from tiplight.stats import RawStats, completion_hidden, step_metrics
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
 
 DEFAULT_SAMPLING = Sampling()
-STATS_SCOPES = ("batch", "micro")
-DENOMINATORS = ("kept", "valid")
-LR_SCHEDULES = ("cosine", "constant")
 
 
 def _adamw(params) -> torch.optim.Optimizer:
@@ -56,21 +63,6 @@ class StepRecord:
     rollout: Rollout
     stats: TokenStats
     weights: torch.Tensor
-
-
-@dataclass
-class Scored:
-    """One micro-batch after scoring: its rollout, teacher hidden states, raw stats (and student graph)."""
-
-    rollout: Rollout
-    teacher_hidden: torch.Tensor  # [r, C, d_t]
-    raw: RawStats  # [r, C]
-    student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"model.{name}={value!r} is not allowed; use one of {', '.join(allowed)}.")
 
 
 class DistillModule(L.LightningModule):
@@ -116,14 +108,14 @@ class DistillModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         sampling: Sampling = DEFAULT_SAMPLING,
         val_sampling: Sampling | None = None,
-        divergence: str = "reverse_kl",
+        divergence: Literal["reverse_kl", "forward_kl", "jsd"] = "reverse_kl",
         jsd_beta: float = 0.5,
-        denominator: str = "kept",
-        stats_scope: str = "batch",
+        denominator: Literal["kept", "valid"] = "kept",
+        stats_scope: Literal["batch", "micro"] = "batch",
         micro_batch_size: int | None = None,
         chunk_size: int = 512,
         optimizer: OptimizerCallable = _adamw,
-        lr_schedule: str = "cosine",
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.0,
         grad_clip: float | None = 1.0,
@@ -134,9 +126,6 @@ class DistillModule(L.LightningModule):
         seed: int | None = None,
     ):
         super().__init__()
-        _check_choice("denominator", denominator, DENOMINATORS)
-        _check_choice("stats_scope", stats_scope, STATS_SCOPES)
-        _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         self.divergence = losses.get_divergence(divergence, jsd_beta)
         for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
                             ("max_empty_steps", max_empty_steps)):
@@ -192,15 +181,9 @@ class DistillModule(L.LightningModule):
             return
         hp = self.hparams
         self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
-        source = ModelSource(resolve(hp.student), hp.dtype, self.student_quantization)
         device = self.trainer.strategy.root_device if self._trainer is not None else None
-        student = load_model(source, "model.student", device)
-        if self.lora is not None:
-            with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the seed alone
-                torch.manual_seed(self.seed)
-                student = add_lora(student, self.lora, quantized=self.student_quantization is not None)
-        if hp.gradient_checkpointing:
-            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        student = load_student(ModelSource(resolve(hp.student), hp.dtype, self.student_quantization), self.lora,
+                               seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
         models = [student]
         if hp.teacher is not None:
             check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
@@ -220,18 +203,10 @@ class DistillModule(L.LightningModule):
                              "model.lr_schedule: constant).")
 
     def configure_optimizers(self):
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        hp, total = self.hparams, max(self.trainer.max_steps, 1)
-
-        def factor(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            if hp.lr_schedule == "constant":
-                return 1.0
-            progress = min((step - hp.warmup_steps) / max(total - hp.warmup_steps, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        optimizer = self.optimizer_factory([p for p in self.student.parameters() if p.requires_grad])
+        hp = self.hparams
+        factor = partial(lr_factor, schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
+                         total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -249,56 +224,36 @@ class DistillModule(L.LightningModule):
 
     def distill(self, batch: dict[str, Any]) -> None:
         """One on-policy step: rollout, score, select, update, log."""
-        rollout = self.timed("rollout", self.rollout, batch, self.sampling, self.seed)
-        parts = self.timed("score", self.score, rollout, self.single_pass(rollout))
-        stats, weights, rows = self.timed("select", self.select, parts, batch["batch_index"])
-        self.last_step = StepRecord(rollout, _slice_stats(stats, rows, rollout.completion_mask.shape[1]),
-                                    torch.cat([pad_right(w, rollout.completion_mask.shape[1]) for w in weights]))
-        loss, kept_fraction = self.timed("update", self.update, parts, weights)
+        with self.timer("rollout"):
+            rollout = self.rollout(batch, self.sampling)
+        with self.timer("score"):
+            parts = self.score(rollout, keep_graph=self.single_pass(rollout))
+        with self.timer("select"):
+            stats, weights, rows = self.select(parts, batch["batch_index"])
+        width = rollout.completion_mask.shape[1]
+        self.last_step = StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
+        with self.timer("update"):
+            loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
 
-    def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int) -> Rollout:
+    def rollout(self, batch: dict[str, Any], sampling: Sampling) -> Rollout:
         """Sample completions from the student, ``generation_batch_size`` rows at a time."""
-        parts = []
-        student = self.student
-        was_training = student.training
-        student.eval()
-        eos = eos_token_ids(self.tokenizer, student)
-        ids, mask, keys = batch["input_ids"], batch["attention_mask"], batch["keys"]
-        for rows in torch.arange(len(ids)).split(self.hparams.generation_batch_size):
-            parts.append(self.engine.generate(
-                student, ids[rows], mask[rows], sampling=sampling, seed=seed, keys=keys[rows],
-                eos_token_ids=eos, pad_token_id=self.tokenizer.pad_token_id, vocab_size=self.vocab_size,
-                synced=self.sharded,
-            ))
-        student.train(was_training)
-        return Rollout.cat(parts, self.tokenizer.pad_token_id)
+        return sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling, seed=self.seed,
+                      vocab_size=self.vocab_size, batch_size=self.hparams.generation_batch_size,
+                      synced=self.sharded)
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
         size = self.hparams.micro_batch_size
         return torch.is_grad_enabled() and (size is None or size >= len(rollout.input_ids))
 
-    def score(self, rollout: Rollout, keep_graph: bool = False) -> list[Scored]:
+    def score(self, rollout: Rollout, keep_graph: bool = False) -> list[ScoredPart]:
         """Teacher and student forward per micro-batch; chunked no-grad statistics at valid positions."""
-        parts = []
-        for mb in rollout.split(self.hparams.micro_batch_size or len(rollout.input_ids)):
-            teacher_hidden = self.teacher_hidden(mb)
-            with torch.set_grad_enabled(keep_graph):
-                hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
-            raw = token_stats(hidden, self.student.get_output_embeddings(), teacher_hidden,
-                              self.teacher.get_output_embeddings(), mb.completion_mask, self.vocab_size,
-                              self.hparams.chunk_size)
-            parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None))
-        return parts
+        return score(self.student, self.teacher, rollout, keep_graph=keep_graph, vocab_size=self.vocab_size,
+                     micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
+                     chunk_size=self.hparams.chunk_size)
 
-    def teacher_hidden(self, mb: Rollout) -> torch.Tensor:
-        """Teacher hidden states at completion positions ``[r, C, d_t]`` (inference mode, then a plain copy)."""
-        with torch.inference_mode():
-            hidden = completion_hidden(self.teacher, mb.input_ids, mb.attention_mask, mb.prompt_length)
-        return hidden.clone()
-
-    def select(self, parts: list[Scored], batch_index: int) -> tuple[TokenStats, list[torch.Tensor], slice]:
+    def select(self, parts: list[ScoredPart], batch_index: int) -> tuple[TokenStats, list[torch.Tensor], slice]:
         """Normalise over the stats scope and select.
 
         Returns the scope's stats (the whole step's, gathered over ranks, in ``batch`` scope), per-part
@@ -307,56 +262,59 @@ class DistillModule(L.LightningModule):
         generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
         if self.hparams.stats_scope == "micro":
             picked = [self._select(p.raw, p.rollout.completion_mask, generator) for p in parts]
-            stats = _cat_stats([s for s, _ in picked])
+            stats = TokenStats.cat([s for s, _ in picked])
             return stats, [w for _, w in picked], slice(0, len(stats.valid))
         raw = RawStats.cat([p.raw for p in parts])
-        valid = RawStats.cat([RawStats(p.rollout.completion_mask, p.rollout.completion_mask,
-                                       p.rollout.completion_mask) for p in parts]).entropy.bool()
+        masks = [p.rollout.completion_mask for p in parts]
+        valid = RawStats.cat([RawStats(m, m, m) for m in masks]).entropy.bool()
         (entropy, rkl, fkl, valid), rows = all_gather_rows(self, [raw.entropy, raw.rkl, raw.fkl, valid])
         stats, weights = self._select(RawStats(entropy, rkl, fkl), valid, generator)
-        local = weights[rows]
-        return stats, [w[:, : p.rollout.completion_mask.shape[1]] for w, p in
-                       zip(local.split([len(p.rollout.input_ids) for p in parts]), parts)], rows
+        local = weights[rows].split([len(m) for m in masks])
+        return stats, [w[:, : m.shape[1]] for w, m in zip(local, masks)], rows
 
     def _select(self, raw: RawStats, valid: torch.Tensor, generator: torch.Generator):
         stats = TokenStats.from_raw(raw.entropy, raw.rkl, raw.fkl, valid)
         keep = self.selector.select(stats, generator=generator)  # bool mask or float weights
         return stats, keep.float() * valid
 
-    def update(self, parts: list[Scored], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, parts: list[ScoredPart], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss at kept positions, backward per micro-batch, one optimizer step.
 
         Returns the step's loss and the fraction of valid tokens kept, both over all ranks."""
         kept = sum((w > 0).sum() for w in weights).float()
         valid = sum(p.rollout.completion_mask.sum() for p in parts).float()
         kept, valid = sum_over_ranks(self, torch.stack([kept, valid]))
-        denominator = kept if self.hparams.denominator == "kept" else valid
         if kept == 0:
-            self.empty_steps += 1
-            if self.empty_steps >= self.hparams.max_empty_steps:
-                raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
-                                 f"(model.max_empty_steps={self.hparams.max_empty_steps}): model.selector "
-                                 f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
-                                 "settings (retain, thresholds).")
-            warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
+            self.skip_empty_step()
             return torch.tensor(float("nan")), kept
         self.empty_steps = 0
         optimizer = self.optimizers()
         optimizer.zero_grad()
         total = torch.zeros((), device=self.device)
         for i, (part, w) in enumerate(zip(parts, weights)):
-            with self.no_sync() if i < len(parts) - 1 else nullcontext():
+            with no_sync(self.trainer, skip=i < len(parts) - 1):
                 loss_sum = self.loss_sum(part, w)
                 self.manual_backward(loss_sum)
             total += loss_sum.detach()
-        self.scale_gradients(self.trainer.world_size / denominator)
+        denominator = kept if self.hparams.denominator == "kept" else valid
+        scale_gradients(self.student, self.trainer.world_size / denominator)
         if self.hparams.grad_clip is not None:
             clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
         self.lr_schedulers().step()
         return sum_over_ranks(self, total) / denominator, kept / valid
 
-    def loss_sum(self, part: Scored, weights: torch.Tensor) -> torch.Tensor:
+    def skip_empty_step(self) -> None:
+        """A step that kept no token on any rank is skipped; too many in a row end the run."""
+        self.empty_steps += 1
+        if self.empty_steps >= self.hparams.max_empty_steps:
+            raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
+                             f"(model.max_empty_steps={self.hparams.max_empty_steps}): model.selector "
+                             f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
+                             "settings (retain, thresholds).")
+        warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
+
+    def loss_sum(self, part: ScoredPart, weights: torch.Tensor) -> torch.Tensor:
         """Weighted divergence summed over this micro-batch's kept positions (student lm_head with grad)."""
         mb = part.rollout
         hidden = part.student_hidden
@@ -367,49 +325,23 @@ class DistillModule(L.LightningModule):
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
                                  self.divergence, self.vocab_size, self.hparams.chunk_size)
 
-    def scale_gradients(self, factor: torch.Tensor | float) -> None:
-        for p in self.student.parameters():
-            if p.grad is not None:
-                p.grad.mul_(factor)
-
-    @contextmanager
-    def no_sync(self):
-        """Skip the gradient all-reduce of non-final micro-batches where the strategy can."""
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = self.trainer.strategy
-        with strategy.block_backward_sync() if isinstance(strategy, DDPStrategy) else nullcontext():
-            yield
-
     # --- logging --------------------------------------------------------------------------------------
-    def timed(self, name: str, fn, *args):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+    @contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Log the wall time of the block as ``time/<name>`` (synchronised on CUDA)."""
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
+        sync()
         start = time.perf_counter()
-        out = fn(*args)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        yield
+        sync()
         self.log(f"time/{name}", time.perf_counter() - start, on_step=True, reduce_fx="max", sync_dist=False)
-        return out
 
     def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
                  kept_fraction: torch.Tensor) -> None:
-        valid = stats.valid
-        n_valid = valid.sum().clamp(min=1)
-        metrics = {
-            "train/loss": loss,
-            "train/kept_fraction": kept_fraction,
-            "train/entropy": (stats.entropy * valid).sum() / n_valid,
-            "train/rkl": (stats.rkl * valid).sum() / n_valid,
-            "train/completion_length": valid.sum(1).float().mean(),
-            "lr": self.lr_schedulers().get_last_lr()[0],
-        }
-        ids = quadrants(stats, self.hparams.entropy_threshold, self.hparams.divergence_threshold)
-        for name, share in quadrant_shares(ids, valid).items():
-            metrics[f"quadrant/{name}_all"] = share
-        if self.hparams.stats_scope == "batch":
-            for name, share in quadrant_shares(ids, self.global_keep(weights, valid)).items():
-                metrics[f"quadrant/{name}_kept"] = share
+        keep = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
+        metrics = step_metrics(stats, keep, self.hparams.entropy_threshold, self.hparams.divergence_threshold)
+        metrics.update({"train/loss": loss, "train/kept_fraction": kept_fraction,
+                        "lr": self.lr_schedulers().get_last_lr()[0]})
         self.log_dict(metrics, on_step=True, prog_bar=False)
         self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
 
@@ -423,7 +355,7 @@ class DistillModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.teacher is None:
             return
-        rollout = self.rollout(batch, self.val_sampling, self.seed)
+        rollout = self.rollout(batch, self.val_sampling)
         total = torch.zeros((), device=self.device)
         for part in self.score(rollout):
             w = part.rollout.completion_mask.float()
@@ -442,51 +374,9 @@ class DistillModule(L.LightningModule):
         """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""
         return str(export_student(self.student, self.tokenizer, out, merge))
 
-    # --- generation for evaluation callbacks --------------------------------------------------------------
+    # --- generation for evaluation callbacks (MathEvalCallback's interface) ------------------------------
     def format_prompt(self, problem: str, instruction: str | None = None) -> str:
-        """Text for the model, formatted as the datamodule formats training prompts."""
-        from tiplight.data import format_prompt
+        return generation.prompt_text(self, problem, instruction)
 
-        datamodule = self._datamodule()
-        if datamodule is not None:
-            return datamodule.format_prompt(problem, instruction)
-        return format_prompt(self.tokenizer, problem, instruction)
-
-    def _datamodule(self):
-        """The attached ``PromptDataModule`` once set up (it owns prompt formatting), else None."""
-        from tiplight.data import PromptDataModule
-
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        ready = isinstance(datamodule, PromptDataModule) and datamodule.tokenizer is not None
-        return datamodule if ready else None
-
-    @torch.no_grad()
-    def generate_completions(self, prompts: list[str], *, num_samples: int = 1, temperature: float = 0.0,
-                             top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256,
-                             seed: int = 0) -> list[list[str]]:
-        """``num_samples`` completion texts per prompt (special tokens stripped)."""
-        from tiplight.data import Prompt, collate, encode_prompt
-
-        sampling = Sampling(temperature, top_p, top_k, max_new_tokens)
-        datamodule = self._datamodule()
-        encode = datamodule.encode if datamodule is not None else lambda p: encode_prompt(self.tokenizer, p)
-        encoded = [Prompt(str(i), p, encode(p), "") for i, p in enumerate(prompts)]
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v
-                 for k, v in collate(encoded, self.tokenizer.pad_token_id, num_samples, 0).items()}
-        rollout = self.rollout(batch, sampling, seed)
-        texts = [self.tokenizer.decode(ids[mask], skip_special_tokens=True)
-                 for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
-        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
-
-
-def _cat_stats(parts: list[TokenStats]) -> TokenStats:
-    """Concatenate per-micro-batch statistics (for logging in ``micro`` scope)."""
-    width = max(p.valid.shape[1] for p in parts)
-    fields = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
-    return TokenStats(**{f: torch.cat([pad_right(getattr(p, f), width) for p in parts]) for f in fields})
-
-
-def _slice_stats(stats: TokenStats, rows: slice, width: int) -> TokenStats:
-    """Rows ``rows`` of ``stats``, cut or padded to ``width`` completion positions."""
-    fields = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
-    return TokenStats(**{f: pad_right(getattr(stats, f)[rows, :width], width) for f in fields})
+    def generate_completions(self, prompts: list[str], **sampling: Any) -> list[list[str]]:
+        return generation.generate_completions(self, prompts, **sampling)

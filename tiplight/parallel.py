@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from typing import Literal
 
@@ -234,3 +236,20 @@ def clip_grad_norm(module: L.LightningModule, optimizer, max_norm: float) -> tor
         g.mul_(factor.to(g.dtype))
     return total
 
+
+
+@contextmanager
+def no_sync(trainer: L.Trainer, skip: bool) -> Iterator[None]:
+    """Skip DDP's gradient all-reduce in this backward when ``skip`` (all micro-batches but the last)."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    strategy = trainer.strategy
+    with strategy.block_backward_sync() if skip and isinstance(strategy, DDPStrategy) else nullcontext():
+        yield
+
+
+def scale_gradients(model: nn.Module, factor: torch.Tensor | float) -> None:
+    """Multiply every gradient of ``model`` by ``factor`` in place."""
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(factor)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tiplight import losses
+from tiplight.selection import TokenStats, quadrant_shares, quadrants
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,21 @@ def token_stats(
         out[:, chunk] = torch.stack(losses.token_divergences(s_logits, t_logits))
     out[0] /= math.log(vocab_size)
     return RawStats(*out.view(3, *valid.shape))
+
+
+def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
+                 divergence_threshold: float | None = None) -> dict[str, torch.Tensor | float]:
+    """A step's token metrics: mean entropy and KL(S||T) over valid tokens, mean completion length, and
+    TIP quadrant shares over all valid tokens (and over kept ones when ``keep`` ``[R, C]`` is given)."""
+    valid = stats.valid
+    n_valid = valid.sum().clamp(min=1)
+    metrics: dict[str, torch.Tensor | float] = {
+        "train/entropy": (stats.entropy * valid).sum() / n_valid,
+        "train/rkl": (stats.rkl * valid).sum() / n_valid,
+        "train/completion_length": valid.sum(1).float().mean(),
+    }
+    ids = quadrants(stats, entropy_threshold, divergence_threshold)
+    for over, mask in (("all", valid), ("kept", keep)):
+        if mask is not None:
+            metrics.update({f"quadrant/{q}_{over}": share for q, share in quadrant_shares(ids, mask).items()})
+    return metrics

@@ -10,7 +10,6 @@ over all rollouts scored together (``TokenStats.from_raw``), as one training ste
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ from torch import nn
 from tiplight.data import Prompt, collate, encode_prompt, format_prompt, left_pad
 from tiplight.diagnostics.table import Scored, decode_tokens
 from tiplight.models import ModelSource, check_tokenizers, load_model, load_tokenizer, vocab_size
-from tiplight.paths import resolve
-from tiplight.rollout import HFGenerate, Rollout, Sampling, eos_token_ids
+from tiplight.passes import eval_mode, sample, score
+from tiplight.rollout import HFGenerate, Rollout, Sampling
 from tiplight.selection import TokenStats
-from tiplight.stats import RawStats, completion_hidden, token_stats
+from tiplight.sources import resolve
+from tiplight.stats import RawStats
 
 ModelLike = nn.Module | str | Path
 
@@ -66,19 +66,11 @@ class Scorer:
     def rollout(self, prompts: list[str], sampling: Sampling | None = None, seed: int = 0,
                 samples: int = 1) -> Scored:
         """Sample ``samples`` completions per prompt from the student (reproducible per ``seed``) and score them."""
-        sampling = sampling or Sampling(max_new_tokens=64)
-        pad = self.tokenizer.pad_token_id
         encoded = [Prompt(str(i), p, self.encode_prompt(p), "") for i, p in enumerate(prompts)]
-        batch = collate(encoded, pad, samples, 0)
-        eos = eos_token_ids(self.tokenizer, self.student)
-        parts = []
-        with _eval(self.student):
-            for rows in torch.arange(len(batch["keys"])).split(self.batch_size):
-                parts.append(self.engine.generate(
-                    self.student, batch["input_ids"][rows].to(self.device),
-                    batch["attention_mask"][rows].to(self.device), sampling=sampling, seed=seed,
-                    keys=batch["keys"][rows], eos_token_ids=eos, pad_token_id=pad, vocab_size=self.vocab_size))
-        return self.score(Rollout.cat(parts, pad), [p for p in prompts for _ in range(samples)])
+        batch = collate(encoded, self.tokenizer.pad_token_id, samples, 0)
+        rollout = sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling or Sampling(max_new_tokens=64),
+                         seed=seed, vocab_size=self.vocab_size, batch_size=self.batch_size)
+        return self.score(rollout, [p for p in prompts for _ in range(samples)])
 
     def score_texts(self, prompts: list[str], completions: list[str], add_eos: bool = False) -> Scored:
         """Score given completions of ``prompts``; every completion token is valid (EOS too if present).
@@ -106,17 +98,10 @@ class Scorer:
     @torch.inference_mode()
     def score(self, rollout: Rollout, prompts: list[str]) -> Scored:
         """Token statistics of a ``Rollout`` (``[R, C]``), normalised over all its rollouts."""
-        parts = []
-        with _eval(self.student, self.teacher):
-            for mb in rollout.split(self.batch_size):
-                ids, mask = mb.input_ids.to(self.device), mb.attention_mask.to(self.device)
-                valid = mb.completion_mask.to(self.device)
-                s_hidden = completion_hidden(self.student, ids, mask, mb.prompt_length)  # [r, C, d]
-                t_hidden = completion_hidden(self.teacher, ids, mask, mb.prompt_length)  # [r, C, d_t]
-                parts.append(token_stats(s_hidden, self.student.get_output_embeddings(), t_hidden,
-                                         self.teacher.get_output_embeddings(), valid, self.vocab_size,
-                                         self.chunk_size))
-        raw = RawStats.cat(parts)
+        with eval_mode(self.student, self.teacher):
+            parts = score(self.student, self.teacher, rollout, micro_batch_size=self.batch_size,
+                          vocab_size=self.vocab_size, chunk_size=self.chunk_size)
+        raw = RawStats.cat([p.raw for p in parts])
         valid = rollout.completion_mask.bool()
         stats = TokenStats.from_raw(raw.entropy.cpu(), raw.rkl.cpu(), raw.fkl.cpu(), valid.cpu())
         ids = rollout.completion_ids.cpu()
@@ -142,16 +127,3 @@ def _tokenizer(tokenizer: Any, student: ModelLike, teacher: ModelLike) -> Any:
     if not isinstance(teacher, nn.Module):
         check_tokenizers(found, load_tokenizer(resolve(str(teacher)), "teacher"))
     return found
-
-
-@contextmanager
-def _eval(*models: nn.Module):
-    """Eval mode (no dropout) for the duration; restores each model's training flag."""
-    flags = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, flag in zip(models, flags):
-            m.train(flag)

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tiplight.jsonl import read_lines
 from tiplight.rollout import pad_right
 from tiplight.selection import Selector, TokenStats, quadrants
+from tiplight.sources import read_lines
 
 COLUMNS = ("rollout", "position", "token", "token_id", "entropy", "rkl", "fkl", "entropy_hat", "rkl_hat",
            "quadrant", "kept", "weight")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import Tensor
 
 from tiplight.selection.stats import TokenStats
 
-BUDGETS = ("rollout", "batch")
+Budget = Literal["rollout", "batch"]  # k per rollout (TIP Eq. 8) or over the flattened batch
+BUDGETS: tuple[str, ...] = get_args(Budget)
 
 
 class Selector(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiplight.selection.base import Selector, check_budget, check_retain, register_selector
+from tiplight.selection.base import Budget, Selector, check_budget, check_retain, register_selector
 from tiplight.selection.budget import topk_mask
 from tiplight.selection.stats import TokenStats
 
@@ -29,7 +29,7 @@ class RandomTokens(Selector):
         budget: "rollout" (k per rollout) or "batch" (k over the flattened batch).
     """
 
-    def __init__(self, retain: float = 0.5, budget: str = "rollout") -> None:
+    def __init__(self, retain: float = 0.5, budget: Budget = "rollout") -> None:
         self.retain = check_retain(retain)
         self.budget = check_budget(budget)
 

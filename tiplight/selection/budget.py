@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from tiplight.selection.base import Budget
+
 # Absorbs float error in retain * m (0.29 * 100 = 28.999999999999996) without moving a true fraction.
 _FLOOR_EPS = 1e-6
 
@@ -24,7 +26,7 @@ def budget_sizes(valid: Tensor, retain: float) -> Tensor:
 
 
 def topk_mask(
-    scores: Tensor, valid: Tensor, retain: float, budget: str = "rollout", lowest: bool = False
+    scores: Tensor, valid: Tensor, retain: float, budget: Budget = "rollout", lowest: bool = False
 ) -> Tensor:
     """Keep the k highest-scoring valid tokens per budget row; ties go to the earlier position.
 

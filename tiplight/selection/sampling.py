@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiplight.selection.base import Selector, check_budget, check_retain, register_selector
+from tiplight.selection.base import Budget, Selector, check_budget, check_retain, register_selector
 from tiplight.selection.budget import budget_rows, budget_sizes
 from tiplight.selection.stats import TokenStats
 
@@ -73,7 +73,7 @@ class EntropySampling(Selector):
         retain: float = 0.5,
         importance_weights: bool = False,
         min_entropy: float = 1e-6,
-        budget: str = "rollout",
+        budget: Budget = "rollout",
     ) -> None:
         if not min_entropy > 0:
             raise ValueError(f"min_entropy={min_entropy!r} is invalid; it must be > 0, e.g. 1e-6.")

@@ -55,6 +55,23 @@ class TokenStats:
         entropy_hat = min_max(entropy.clamp(max=quantile(entropy, valid, ENTROPY_CLIP_QUANTILE)), valid)
         return cls(entropy, rkl, fkl, valid, entropy_hat, min_max(rkl, valid))
 
+    @classmethod
+    def cat(cls, parts: list[TokenStats]) -> TokenStats:
+        """Rollouts of several scopes in one ``[sum R, max C]`` (fields right-padded with 0 / False)."""
+        width = max(p.valid.shape[1] for p in parts)
+        return cls(**{f: torch.cat([_pad(getattr(p, f), width) for p in parts]) for f in _FIELDS})
+
+    def rows(self, rows: slice, width: int) -> TokenStats:
+        """Rollouts ``rows``, cut or right-padded to ``width`` completion positions."""
+        return TokenStats(**{f: _pad(getattr(self, f)[rows, :width], width) for f in _FIELDS})
+
+
+_FIELDS = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
+
+
+def _pad(x: Tensor, width: int) -> Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
 
 def quantile(x: Tensor, valid: Tensor, q: float) -> Tensor:
     """q-quantile of `x` `[R, C]` over `valid` positions, linear interpolation as `torch.quantile`.

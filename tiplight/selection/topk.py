@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tiplight.selection.base import Selector, check_budget, check_retain, register_selector
+from tiplight.selection.base import Budget, Selector, check_budget, check_retain, register_selector
 from tiplight.selection.budget import topk_mask
 from tiplight.selection.stats import TokenStats
 
@@ -19,7 +19,7 @@ class EntropyTopK(Selector):
         budget: "rollout" (k per rollout, Eq. 8) or "batch" (k over the flattened batch).
     """
 
-    def __init__(self, retain: float = 0.5, budget: str = "rollout") -> None:
+    def __init__(self, retain: float = 0.5, budget: Budget = "rollout") -> None:
         self.retain = check_retain(retain)
         self.budget = check_budget(budget)
 
@@ -36,7 +36,7 @@ class DivergenceTopK(Selector):
         budget: "rollout" (k per rollout, Eq. 8) or "batch" (k over the flattened batch).
     """
 
-    def __init__(self, retain: float = 0.5, budget: str = "rollout") -> None:
+    def __init__(self, retain: float = 0.5, budget: Budget = "rollout") -> None:
         self.retain = check_retain(retain)
         self.budget = check_budget(budget)
 
@@ -54,7 +54,7 @@ class SoftOrTopK(Selector):
         budget: "rollout" (k per rollout, Eq. 8) or "batch" (k over the flattened batch).
     """
 
-    def __init__(self, retain: float = 0.5, lowest: bool = False, budget: str = "rollout") -> None:
+    def __init__(self, retain: float = 0.5, lowest: bool = False, budget: Budget = "rollout") -> None:
         self.retain = check_retain(retain)
         self.lowest = lowest
         self.budget = check_budget(budget)
@@ -75,7 +75,7 @@ class OverconfidentTopK(Selector):
         budget: "rollout" (k per rollout, Eq. 8) or "batch" (k over the flattened batch).
     """
 
-    def __init__(self, retain: float = 0.2, budget: str = "rollout") -> None:
+    def __init__(self, retain: float = 0.2, budget: Budget = "rollout") -> None:
         self.retain = check_retain(retain)
         self.budget = check_budget(budget)
 

@@ -1,0 +1,85 @@
+"""The two passes a training step and a notebook share: sample rollouts from the student, and score them
+with both models (hidden states at completion positions, then chunked no-grad token statistics).
+
+``DistillModule`` and ``diagnostics.Scorer`` both call these, so what a notebook shows is what training
+computes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
+from tiplight.stats import RawStats, completion_hidden, token_stats
+
+
+@contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration; restores each model's training flag."""
+    flags = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(models, flags):
+            m.train(flag)
+
+
+def sample(engine: RolloutEngine, student: nn.Module, tokenizer: Any, batch: dict[str, Any], *,
+           sampling: Sampling, seed: int, vocab_size: int, batch_size: int, synced: bool = False) -> Rollout:
+    """Completions of ``batch`` (``input_ids`` / ``attention_mask`` ``[R, P]``, ``keys`` ``[R]``) from the
+    student in eval mode, ``batch_size`` rows at a time, on the student's device."""
+    device = next(student.parameters()).device
+    eos, pad = eos_token_ids(tokenizer, student), tokenizer.pad_token_id
+    parts = []
+    with eval_mode(student):
+        for rows in torch.arange(len(batch["keys"])).split(batch_size):
+            parts.append(engine.generate(
+                student, batch["input_ids"][rows].to(device), batch["attention_mask"][rows].to(device),
+                sampling=sampling, seed=seed, keys=batch["keys"][rows], eos_token_ids=eos, pad_token_id=pad,
+                vocab_size=vocab_size, synced=synced,
+            ))  # fmt: skip
+    return Rollout.cat(parts, pad)
+
+
+@dataclass
+class ScoredPart:
+    """One micro-batch after scoring: its rollout, teacher hidden states, raw stats (and student graph)."""
+
+    rollout: Rollout
+    teacher_hidden: torch.Tensor  # [r, C, d_t]
+    raw: RawStats  # [r, C]
+    student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
+
+
+def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
+    """Teacher hidden states at completion positions ``[r, C, d_t]`` (inference mode, then a plain copy
+    that autograd may save)."""
+    with torch.inference_mode():
+        hidden = completion_hidden(teacher, mb.input_ids, mb.attention_mask, mb.prompt_length)
+    return hidden.clone()
+
+
+def score(student: nn.Module, teacher: nn.Module, rollout: Rollout, *, micro_batch_size: int, vocab_size: int,
+          chunk_size: int, keep_graph: bool = False) -> list[ScoredPart]:
+    """Teacher and student forward per micro-batch, then entropy / KL(S||T) / KL(T||S) at valid positions.
+
+    ``keep_graph``: keep the student's hidden states with grad, so the update reuses this forward."""
+    device = next(student.parameters()).device
+    parts = []
+    for mb in rollout.split(micro_batch_size):
+        mb = Rollout(mb.input_ids.to(device), mb.attention_mask.to(device), mb.completion_mask.to(device),
+                     mb.prompt_length)
+        t_hidden = teacher_hidden(teacher, mb)
+        with torch.set_grad_enabled(keep_graph):
+            s_hidden = completion_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_length)
+        raw = token_stats(s_hidden, student.get_output_embeddings(), t_hidden, teacher.get_output_embeddings(),
+                          mb.completion_mask, vocab_size, chunk_size)
+        parts.append(ScoredPart(mb, t_hidden, raw, s_hidden if keep_graph else None))
+    return parts
