@@ -55,7 +55,7 @@ class Arch:
 
 def config_dir(source: str) -> Path:
     """The directory holding ``source``'s config.json: local/packaged path, else tests/fixtures."""
-    from tiplight.paths import resolve
+    from tiplight.sources import resolve
 
     local = Path(resolve(source))
     if (local / "config.json").is_file():

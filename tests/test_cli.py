@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from argparse import ArgumentError
 
 import pytest
 import yaml
@@ -76,10 +75,15 @@ def test_console_script_prints_config_and_rejects_bad_values(tiny, prompts_file,
 
 
 @pytest.mark.parametrize("retain", ["0", "1.5"])
-def test_bad_selector_budget_fails_at_parse_time(tiny, prompts_file, tmp_path, retain):
+def test_bad_selector_budget_is_one_sentence(tiny, prompts_file, tmp_path, retain, capsys):
+    from tiplight.cli import main
+
     config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
-    with pytest.raises(ArgumentError, match=f"retain={retain}"):  # raised, then condensed by `main`
-        TiplightCLI(args=["--config", str(config), "--model.selector.init_args.retain", retain], run=False)
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--model.selector.init_args.retain", retain])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert f"retain={float(retain)} is invalid; it must be a fraction in (0, 1]" in err
 
 
 def test_plugin_short_name_after_tiplight_plugins_import(tiny, prompts_file, tmp_path, monkeypatch):

@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, ArgumentError, MisconfigurationException) as error:
         if os.environ.get("TIPLIGHT_TRACEBACK"):
             raise
-        text = condense(str(error)) if isinstance(error, ArgumentError) else str(error)
-        print(f"tiplight: error: {text}", file=sys.stderr)
+        print(f"tiplight: error: {condense(str(error))}", file=sys.stderr)
         raise SystemExit(2) from None
     except SIGTERMException:
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job
