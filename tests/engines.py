@@ -21,7 +21,7 @@ def vllm_engine() -> RolloutEngine:
     its weights whenever it is handed another student."""
     from tiplight.vllm_engine import VLLMEngine
 
-    return VLLMEngine(max_model_len=256)
+    return VLLMEngine(max_model_len=256, kv_cache_gib=0.25)
 
 
 def make_engine(name: str) -> RolloutEngine:

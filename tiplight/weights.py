@@ -24,34 +24,32 @@ def full_tensor(p: torch.Tensor) -> torch.Tensor:
 
 def student_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """``(checkpoint name, full weight)`` for every parameter of ``model`` (a HF causal LM, possibly PEFT
-    LoRA-wrapped and FSDP2-sharded), LoRA deltas merged in. Tied weights are yielded once."""
+    LoRA-wrapped and FSDP2-sharded), LoRA deltas merged in. A tied weight is yielded under each of its names:
+    vLLM's in-place reload leaves a tied head on the old tensor unless it is given too."""
     if any("_fsdp_wrapped_module" in name for name, _ in model.named_parameters()):
         raise ValueError("the student is sharded with FSDP1 (strategy: fsdp), which VLLMEngine cannot read; "
                          "use FSDP2 (ModelParallelStrategy) or DDP with the vLLM engine.")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    seen: set[int] = set()
-    for name, weight in _walk(base, "", seen):
+    for name, weight in _walk(base, ""):
         for wrapper in _WRAPPER_NAMES:
             name = name.replace(wrapper, "")
         yield name, weight
 
 
-def _walk(module: nn.Module, prefix: str, seen: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
+def _walk(module: nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     if hasattr(module, "base_layer") and hasattr(module, "lora_A"):  # a PEFT LoRA layer
-        yield from _merged_lora(module, prefix, seen)
+        yield from _merged_lora(module, prefix)
         return
     for name, p in module.named_parameters(recurse=False):
-        if id(p) not in seen:
-            seen.add(id(p))
-            yield prefix + name, full_tensor(p)
+        yield prefix + name, full_tensor(p)
     for name, child in module.named_children():
-        yield from _walk(child, f"{prefix}{name}.", seen)
+        yield from _walk(child, f"{prefix}{name}.")
 
 
-def _merged_lora(layer: nn.Module, prefix: str, seen: set[int]) -> Iterator[tuple[str, torch.Tensor]]:
+def _merged_lora(layer: nn.Module, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
     """The base layer's weight plus ``scaling * B @ A`` of each active adapter (computed in float32)."""
     if getattr(layer, "merged", False):  # the deltas are already inside the base weight
-        yield from _walk(layer.base_layer, prefix, seen)
+        yield from _walk(layer.base_layer, prefix)
         return
     for name, p in layer.base_layer.named_parameters(recurse=False):
         if name != "weight":
@@ -67,5 +65,4 @@ def _merged_lora(layer: nn.Module, prefix: str, seen: set[int]) -> Iterator[tupl
         a = full_tensor(layer.lora_A[adapter].weight).float()  # [r, in]
         b = full_tensor(layer.lora_B[adapter].weight).float()  # [out, r]
         merged = merged + layer.scaling[adapter] * (b @ a)  # [out, in]
-    seen.add(id(layer.base_layer.weight))
     yield prefix + "weight", merged.to(weight.dtype)
