@@ -7,7 +7,12 @@ import shutil
 import pytest
 import torch
 from engines import ENGINES, chi_square_pvalue, make_engine
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, RepetitionPenaltyLogitsProcessor
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    RepetitionPenaltyLogitsProcessor,
+)
 
 from tiplight import toy
 from tiplight.rollout import Rollout, Sampling, filter_logits

@@ -97,6 +97,8 @@ class DistillModule(L.LightningModule):
         entropy_threshold / divergence_threshold: quadrant thresholds for logging (default: medians).
         generation_batch_size: rollouts generated at once (bounds generation memory).
         seed: seed of selection randomness and rollout sampling.
+        engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
+            ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class DistillModule(L.LightningModule):
         divergence_threshold: float | None = None,
         generation_batch_size: int = 64,
         seed: int = 0,
+        engine: RolloutEngine | None = None,
     ):
         super().__init__()
         _check_choice("denominator", denominator, DENOMINATORS)
@@ -142,12 +145,12 @@ class DistillModule(L.LightningModule):
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
-        self.save_hyperparameters(ignore=["selector", "optimizer"])
+        self.save_hyperparameters(ignore=["selector", "optimizer", "engine"])
         self.selector = selector if selector is not None else AllTokens()
         self.optimizer_factory = optimizer
         self.sampling = sampling
         self.val_sampling = val_sampling or sampling
-        self.engine: RolloutEngine = HFGenerate()
+        self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
         self.automatic_optimization = False
         self.student: nn.Module | None = None
         self.tokenizer = None
@@ -338,6 +341,7 @@ class DistillModule(L.LightningModule):
         if self.hparams.grad_clip is not None:
             clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
+        self.engine.weights_updated()
         self.lr_schedulers().step()
         return sum_over_ranks(self, total) / denominator, kept / valid
 

@@ -188,7 +188,7 @@ def clean_generation_config(model: torch.nn.Module) -> Iterator[None]:
 class RolloutEngine(ABC):
     """Produces completions for a batch of left-padded prompts. Swap in a faster engine by subclassing."""
 
-    def weights_updated(self) -> None:
+    def weights_updated(self) -> None:  # noqa: B027 (optional hook: a no-op for most engines)
         """The student's weights changed (an optimizer step): an engine holding its own copy re-syncs it
         before the next ``generate``. Engines that run the student itself need nothing."""
 
