@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from helpers import make_data, make_module, make_trainer
 from jsonargparse import ArgumentParser
+from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tiplight.module import DistillModule
 from tiplight.rollout import HFGenerate, RolloutEngine
-from tiplight.vllm_engine import VLLMEngine
+from tiplight.vllm_engine import VLLMEngine, engine_config
 
 
 class CountingEngine(HFGenerate):
@@ -51,3 +52,12 @@ def test_bad_engine_options_are_one_clear_error():
         VLLMEngine(gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="engine.sleep=True needs a CUDA GPU"):
         VLLMEngine(sleep=True)
+
+
+def test_vllm_reads_the_architecture_of_a_model_built_from_a_config():
+    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    model = Qwen3ForCausalLM(config)
+    assert not model.config.architectures
+    assert engine_config(model).architectures == ["Qwen3ForCausalLM"]
+    assert not model.config.architectures  # the student's own config is left as it was

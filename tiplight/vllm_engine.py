@@ -16,11 +16,13 @@ request seeded from (seed, rollout key), so it does not depend on its batch or r
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, pad_right, rollout_seeds
 from tiplight.weights import student_weights
@@ -87,14 +89,13 @@ class VLLMEngine(RolloutEngine):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights sync in memory
         from vllm import LLM
 
-        config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         self._config_dir = tempfile.TemporaryDirectory(prefix="tiplight-vllm-")
-        config.save_pretrained(self._config_dir.name)
+        engine_config(model).save_pretrained(self._config_dir.name)
         dtype = next(model.parameters()).dtype
         distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
         eager = self.enforce_eager if self.enforce_eager is not None else not torch.cuda.is_available()
         return LLM(
-            model=self._config_dir.name, load_format="dummy", skip_tokenizer_init=True,
+            model=self._config_dir.name, runner="generate", load_format="dummy", skip_tokenizer_init=True,
             generation_config="vllm",  # never the checkpoint's sampling defaults
             dtype=str(dtype).removeprefix("torch."), enforce_eager=eager, seed=0,
             # one engine per rank, each generating its own rows (TRL's colocate mode)
@@ -155,6 +156,15 @@ class VLLMEngine(RolloutEngine):
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
         return [torch.tensor([entry[token].logprob for token, entry in zip(seq[1:], o.prompt_logprobs[1:])])
                 for seq, o in zip(sequences, outputs)]
+
+
+def engine_config(model: nn.Module) -> PretrainedConfig:
+    """A copy of the student's HF config that names its architecture: a model built from a config has
+    ``architectures`` unset, and vLLM would then guess a pooling model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    config = copy.deepcopy(base.config)
+    config.architectures = [type(base).__name__]
+    return config
 
 
 def _to_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, completions: list[list[int]],
