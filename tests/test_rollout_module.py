@@ -61,3 +61,9 @@ def test_vllm_reads_the_architecture_of_a_model_built_from_a_config():
     assert not model.config.architectures
     assert engine_config(model).architectures == ["Qwen3ForCausalLM"]
     assert not model.config.architectures  # the student's own config is left as it was
+
+
+def test_loading_a_checkpoint_tells_the_engine(tiny):
+    engine = CountingEngine()
+    make_module(tiny, engine=engine).on_load_checkpoint({"tiplight": {"next_batch": 3}})
+    assert engine.updates == 1

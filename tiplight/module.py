@@ -426,6 +426,7 @@ class DistillModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
+        self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True) -> str:
         """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""
