@@ -85,6 +85,18 @@ class VLLMEngine(RolloutEngine):
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
         self._synced_from = model
 
+    def _wake(self, model: nn.Module) -> None:
+        """Current weights and a KV cache, ready to generate."""
+        self.sync(model)
+        if self.sleep:
+            self.llm.wake_up(tags=["kv_cache"])
+
+    def _rest(self) -> None:
+        """In sleep mode, hand the GPU memory back to training until the next call (weights reloaded then)."""
+        if self.sleep:
+            self.llm.sleep(level=2)
+            self._synced_from = None
+
     def _build(self, model: nn.Module):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights sync in memory
         from vllm import LLM
@@ -120,15 +132,11 @@ class VLLMEngine(RolloutEngine):
     ) -> Rollout:
         from vllm.inputs import TokensPrompt
 
-        self.sync(model)
-        if self.sleep:
-            self.llm.wake_up(tags=["kv_cache"])
         prompts = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(input_ids, attention_mask)]
+        self._wake(model)
         params = self._sampling_params(sampling, rollout_seeds(seed, keys), eos_token_ids, vocab_size)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        if self.sleep:
-            self.llm.sleep(level=2)
-            self._synced_from = None
+        self._rest()
         return _to_rollout(input_ids, attention_mask, [list(o.outputs[0].token_ids) for o in outputs], pad_token_id)
 
     def _sampling_params(self, sampling: Sampling, seeds: list[int], eos_token_ids: list[int], vocab_size: int):
@@ -149,11 +157,10 @@ class VLLMEngine(RolloutEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        self.sync(model)
-        if self.sleep:
-            self.llm.wake_up(tags=["kv_cache"])
+        self._wake(model)
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+        self._rest()
         return [torch.tensor([entry[token].logprob for token, entry in zip(seq[1:], o.prompt_logprobs[1:])])
                 for seq, o in zip(sequences, outputs)]
 
