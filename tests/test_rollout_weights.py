@@ -21,6 +21,13 @@ def test_full_weights_carry_checkpoint_names_and_tied_heads():
         assert torch.equal(weights[name], weight)
 
 
+def test_quantized_students_are_refused_in_one_sentence():
+    model = AutoModelForCausalLM.from_pretrained(toy.student_dir())
+    model.is_quantized = True  # as bitsandbytes loading marks it
+    with pytest.raises(ValueError, match="model.student_quantization is set"):
+        next(student_weights(model))
+
+
 def _lora_student():
     lora = add_lora(AutoModelForCausalLM.from_pretrained(toy.student_dir()), LoRA(r=4), quantized=False)
     with torch.no_grad():  # B starts at zero: give the adapters a delta

@@ -30,6 +30,9 @@ def student_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         raise ValueError("the student is sharded with FSDP1 (strategy: fsdp), which VLLMEngine cannot read; "
                          "use FSDP2 (ModelParallelStrategy) or DDP with the vLLM engine.")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "is_quantized", False):
+        raise ValueError("model.student_quantization is set, but VLLMEngine needs full-precision student weights "
+                         "to merge the LoRA adapter into; use HFGenerate (the default engine) for QLoRA students.")
     for name, weight in _walk(base, ""):
         for wrapper in _WRAPPER_NAMES:
             name = name.replace(wrapper, "")
