@@ -92,6 +92,8 @@ class DistillModule(L.LightningModule):
         max_empty_steps: stop with an error after this many consecutive steps in which no token was kept
             anywhere (skipped steps do not count toward ``max_steps``, so such a run would never end).
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
+        engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
+            ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class DistillModule(L.LightningModule):
         generation_batch_size: int = 64,
         max_empty_steps: int = 20,
         seed: int | None = None,
+        engine: RolloutEngine | None = None,
     ):
         super().__init__()
         self.divergence = losses.get_divergence(divergence, jsd_beta)
@@ -136,7 +139,7 @@ class DistillModule(L.LightningModule):
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
-        self.save_hyperparameters(ignore=["selector", "optimizer"])
+        self.save_hyperparameters(ignore=["selector", "optimizer", "engine"])
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
         self.seed = resolve_seed(seed)
@@ -144,7 +147,7 @@ class DistillModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.sampling = sampling
         self.val_sampling = val_sampling or sampling
-        self.engine: RolloutEngine = HFGenerate()
+        self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
         self.automatic_optimization = False
         self.student: nn.Module | None = None
         self.tokenizer = None
@@ -301,6 +304,7 @@ class DistillModule(L.LightningModule):
         if self.hparams.grad_clip is not None:
             clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
+        self.engine.weights_updated()
         self.lr_schedulers().step()
         return sum_over_ranks(self, total) / denominator, kept / valid
 
@@ -369,6 +373,7 @@ class DistillModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
+        self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True) -> str:
         """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""

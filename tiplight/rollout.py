@@ -9,10 +9,12 @@ processes. The engine sits behind ``RolloutEngine`` so that a faster one (vLLM) 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 _MASK32 = 0xFFFFFFFF
 
@@ -100,6 +102,13 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def rollout_seeds(seed: int, keys: torch.Tensor) -> list[int]:
+    """One 32-bit seed per rollout ``[R]``, a pure function of (seed, rollout key), for engines that seed
+    each request (vLLM)."""
+    h = _fmix32((keys.long().cpu() * 0x9E3779B1 + seed) & _MASK32)
+    return _fmix32((h * 0x85EBCA77 + 0x165667B1) & _MASK32).tolist()
+
+
 def counter_uniform(seed: int, keys: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
     """Uniforms in (0, 1) ``[R, V]`` that depend only on (seed, key of row, position, token id)."""
     device = keys.device
@@ -158,8 +167,30 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> t
     return eos_before == 0
 
 
+@contextmanager
+def clean_generation_config(model: torch.nn.Module) -> Iterator[None]:
+    """Hide the checkpoint's generation_config (repetition penalty, top-k, ...) from ``generate``.
+
+    ``generate`` fills every unset option from ``model.generation_config``, even when given a config of its
+    own, and PEFT copies its wrapper's config onto the base model: so every module that carries one gets a
+    blank ``GenerationConfig`` for the duration, and its own back afterwards."""
+    saved = {m: m.generation_config for m in model.modules()
+             if isinstance(getattr(m, "generation_config", None), GenerationConfig)}
+    try:
+        for m in saved:
+            m.generation_config = GenerationConfig()
+        yield
+    finally:
+        for m, config in saved.items():
+            m.generation_config = config
+
+
 class RolloutEngine(ABC):
     """Produces completions for a batch of left-padded prompts. Swap in a faster engine by subclassing."""
+
+    def weights_updated(self) -> None:  # noqa: B027 (optional hook: a no-op for most engines)
+        """The student's weights changed (an optimizer step): an engine holding its own copy re-syncs it
+        before the next ``generate``. Engines that run the student itself need nothing."""
 
     @abstractmethod
     def generate(
@@ -200,7 +231,7 @@ class HFGenerate(RolloutEngine):
     ) -> Rollout:
         prompt_length = input_ids.shape[1]
         sampler = CounterSampler(sampling, seed, keys.to(input_ids.device), prompt_length, vocab_size)
-        with torch.no_grad():
+        with torch.no_grad(), clean_generation_config(model):
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
