@@ -32,7 +32,7 @@ from tiplight.parallel import all_gather_rows, clip_grad_norm, parallelize, sum_
 from tiplight.paths import resolve
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
-from tiplight.stats import RawStats, completion_hidden, token_stats
+from tiplight.stats import RawStats, TokenLoss, completion_hidden, token_stats_and_loss
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
@@ -65,6 +65,7 @@ class Scored:
     teacher_hidden: torch.Tensor  # [r, C, d_t]
     raw: RawStats  # [r, C]
     student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
+    token_loss: TokenLoss | None = None  # [r, C] loss (and [r, C, d] gradient) from the statistics pass
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -278,10 +279,11 @@ class DistillModule(L.LightningModule):
             teacher_hidden = self.teacher_hidden(mb)
             with torch.set_grad_enabled(keep_graph):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
-            raw = token_stats(hidden, self.student.get_output_embeddings(), teacher_hidden,
-                              self.teacher.get_output_embeddings(), mb.completion_mask, self.vocab_size,
-                              self.hparams.chunk_size)
-            parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None))
+            raw, token_loss = token_stats_and_loss(
+                hidden, self.student.get_output_embeddings(), teacher_hidden, self.teacher.get_output_embeddings(),
+                mb.completion_mask, self.vocab_size, self.hparams.chunk_size, self.divergence,
+                grad=torch.is_grad_enabled())
+            parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None, token_loss))
         return parts
 
     def teacher_hidden(self, mb: Rollout) -> torch.Tensor:
@@ -350,7 +352,8 @@ class DistillModule(L.LightningModule):
         mask = weights > 0
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                 self.divergence, self.vocab_size, self.hparams.chunk_size)
+                                 self.divergence, self.vocab_size, self.hparams.chunk_size,
+                                 part.token_loss.at(mask) if part.token_loss is not None else None)
 
     def scale_gradients(self, factor: torch.Tensor | float) -> None:
         for p in self.student.parameters():

@@ -2,7 +2,9 @@
 
 The lm_heads are applied chunk by chunk, so ``[N, V]`` logits exist for at most ``chunk_size`` positions
 at a time, and never with grad. The results are ``[R, C]`` tensors (0 at invalid positions) that
-``TokenStats.from_raw`` normalises over the stats scope.
+``TokenStats.from_raw`` normalises over the stats scope. The same pass can also give each token's loss
+and, for a frozen student head, its gradient with respect to the final hidden state (``TokenLoss``), so
+that the update needs no second pass over the vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from tiplight import losses
+from tiplight.losses import Divergence
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,51 @@ def head_logits(head: nn.Module, hidden: torch.Tensor, vocab_size: int) -> torch
     return head(hidden)[..., :vocab_size]
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class LinearHead:
+    """A plain ``nn.Linear`` lm_head as weight ``[V, d]`` (and bias ``[V]``) sliced to the vocabulary, in
+    the dtype its matmuls run in (autocast's when enabled), for logits and gradients without autograd."""
+
+    module: nn.Linear
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @staticmethod
+    def of(head: nn.Module, vocab_size: int) -> LinearHead | None:
+        """None for any other head (LoRA-wrapped, sharded FSDP units, DTensor weights): autograd serves those."""
+        if type(head) is not nn.Linear or type(head.weight) is not nn.Parameter:
+            return None
+        device = head.weight.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+        bias = None if head.bias is None else head.bias.detach()[:vocab_size].to(dtype)
+        return LinearHead(head, head.weight.detach()[:vocab_size].to(dtype), bias)
+
+    @property
+    def trains(self) -> bool:
+        return any(p.requires_grad for p in self.module.parameters())
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[n, d] -> [n, V]``, contiguous."""
+        return nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
+
+    def grad_input(self, grad_logits: torch.Tensor) -> torch.Tensor:
+        """``d loss / d hidden`` from ``d loss / d logits``: ``[n, V] -> [n, d]``."""
+        return grad_logits.to(self.weight.dtype) @ self.weight
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """Each token's divergence ``[R, C]`` (nats) and, when the student's head is frozen, its gradient with
+    respect to the student's final hidden state ``[R, C, d]``; zeros where not valid. ``at(mask)`` gives
+    the rows of the kept tokens (``[K]``, ``[K, d]``) in ``hidden[mask]`` order."""
+
+    loss: torch.Tensor
+    grad_hidden: torch.Tensor | None = None
+
+    def at(self, mask: torch.Tensor) -> TokenLoss:
+        return TokenLoss(self.loss[mask], None if self.grad_hidden is None else self.grad_hidden[mask])
+
+
 def token_stats(
     student_hidden: torch.Tensor,
     student_head: nn.Module,
@@ -68,13 +115,49 @@ def token_stats(
     ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool.
     Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full vocabulary.
     """
+    return token_stats_and_loss(student_hidden, student_head, teacher_hidden, teacher_head, valid, vocab_size,
+                                chunk_size)[0]
+
+
+@torch.no_grad()
+def token_stats_and_loss(
+    student_hidden: torch.Tensor,
+    student_head: nn.Module,
+    teacher_hidden: torch.Tensor,
+    teacher_head: nn.Module,
+    valid: torch.Tensor,
+    vocab_size: int,
+    chunk_size: int = 512,
+    divergence: Divergence | None = None,
+    grad: bool = False,
+) -> tuple[RawStats, TokenLoss | None]:
+    """``token_stats`` and, given ``divergence``, each valid token's loss from the same logits.
+
+    With ``grad``, a built-in divergence (``losses.closed_form``) and a frozen plain ``nn.Linear`` student
+    head, also ``d loss / d hidden`` per token: the closed-form gradient w.r.t. the logits times the head.
+    """
     index = valid.flatten().nonzero().squeeze(1)  # [N]
-    s_flat = student_hidden.detach().flatten(0, 1)
+    s_flat = student_hidden.detach().flatten(0, 1)  # [R * C, d]
     t_flat = teacher_hidden.flatten(0, 1)
-    out = torch.zeros(3, valid.numel(), device=valid.device)  # entropy, rkl, fkl
+    form = None if divergence is None else losses.closed_form(divergence)
+    head = LinearHead.of(student_head, vocab_size) if grad and form is not None else None
+    head = None if head is None or head.trains else head
+    out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
+    grad_hidden = torch.zeros_like(s_flat) if head is not None else None
     for chunk in index.split(chunk_size):
-        s_logits = head_logits(student_head, s_flat[chunk], vocab_size)  # [n, V]
+        s_logits = head.logits(s_flat[chunk]) if head else head_logits(student_head, s_flat[chunk], vocab_size)
         t_logits = head_logits(teacher_head, t_flat[chunk], vocab_size)  # [n, V]
-        out[:, chunk] = torch.stack(losses.token_divergences(s_logits, t_logits))
+        if divergence is not None and form is None:  # a custom divergence: its value only
+            out[3, chunk] = divergence(s_logits, t_logits).float()
+        h, rkl, fkl, loss, g = losses.divergences_and_grad(s_logits, t_logits, form, consume=True)
+        out[:3, chunk] = torch.stack((h, rkl, fkl))
+        if loss is not None:
+            out[3, chunk] = loss
+        if grad_hidden is not None:
+            grad_hidden[chunk] = head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
     out[0] /= math.log(vocab_size)
-    return RawStats(*out.view(3, *valid.shape))
+    entropy, rkl, fkl, loss = out.view(4, *valid.shape)
+    if divergence is None:
+        return RawStats(entropy, rkl, fkl), None
+    g = None if grad_hidden is None else grad_hidden.view_as(student_hidden)
+    return RawStats(entropy, rkl, fkl), TokenLoss(loss, g)
