@@ -2,9 +2,9 @@
 
 Every function takes logits ``[N, V]`` (any float dtype), computes in float32 and returns ``[N]`` in nats.
 They are pure: no reduction, no masking, no chunking (see ``tiplight.stats`` for the chunked callers).
-A ``-inf`` logit is a probability of 0, and 0 * log 0 counts as 0: log-probabilities are clamped to the
-lowest float32 before any product, so no 0 * -inf turns into NaN (a KL that is truly infinite comes out
-as a huge finite number instead). ``closed_form`` gives each built-in divergence's gradient with respect
+A ``-inf`` logit is a probability of 0, and 0 * log 0 counts as 0: where a logit is ``-inf``, the
+log-probabilities are clamped to the lowest float32 before any product, so no 0 * -inf turns into NaN
+(a KL that is truly infinite comes out as a huge finite number instead). ``closed_form`` gives each built-in divergence's gradient with respect
 to the student's logits (``tiplight.objective`` uses it instead of autograd).
 """
 
@@ -22,8 +22,11 @@ LOG_ZERO = torch.finfo(torch.float32).min  # log 0, finite: 0 * LOG_ZERO == 0
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
-    """float32 log-probabilities ``[N, V]`` with ``-inf`` clamped to ``LOG_ZERO``."""
-    return F.log_softmax(logits, -1, dtype=torch.float32).clamp(min=LOG_ZERO)
+    """float32 log-probabilities ``[N, V]`` with ``-inf`` clamped to ``LOG_ZERO``.
+
+    The clamp (a copy that autograd keeps) is made only when some logit is ``-inf``."""
+    logp = F.log_softmax(logits, -1, dtype=torch.float32)
+    return logp.clamp(min=LOG_ZERO) if logits.numel() and bool(logits.amin() == float("-inf")) else logp
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
