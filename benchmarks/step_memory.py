@@ -73,7 +73,8 @@ def build_model(name: str, seed: int, device: str, dtype: torch.dtype) -> torch.
     """A randomly initialised model from ``benchmarks/configs/<name>.json``, in eval mode."""
     config = Qwen3Config(**json.loads((CONFIGS / f"{name}.json").read_text()))
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
+    with torch.device(device):  # initialise where the model runs (a GPU initialises billions of weights fast)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 class Memory:
