@@ -125,8 +125,7 @@ def selected_loss_sum(
     ``[K, d_t]``, ``weights`` ``[K]`` (1 for a plain mask, importance weights otherwise), ``token_loss``
     the kept rows of the statistics pass's ``TokenLoss`` (``TokenLoss.at(mask)``), if any.
     """
-    head = LinearHead.of(student_head, vocab_size)
-    trains = head.trains if head is not None else any(p.requires_grad for p in student_head.parameters())
+    trains = any(p.requires_grad for p in student_head.parameters())
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or trains)
     if token_loss is not None and not needs_grad:
         return (weights * token_loss.loss).sum()
@@ -135,7 +134,8 @@ def selected_loss_sum(
         grad = (token_loss.grad_hidden * weights[:, None].to(token_loss.grad_hidden.dtype)).to(hidden.dtype)
         return _Precomputed.apply(value, (grad,), hidden)
     form = closed_form(divergence)
-    if needs_grad and form is not None and head is not None:  # path 2
+    head = LinearHead.of(student_head, vocab_size) if needs_grad and form is not None else None
+    if head is not None:  # path 2
         value, grad_hidden, params = _closed_form_grads(hidden.detach(), teacher_hidden, weights, head,
                                                         teacher_head, form, vocab_size, chunk_size)
         if hidden.requires_grad:

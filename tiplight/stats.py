@@ -75,10 +75,6 @@ class LinearHead:
         bias = None if head.bias is None else head.bias.detach()[:vocab_size].to(dtype)
         return LinearHead(head, head.weight.detach()[:vocab_size].to(dtype), bias)
 
-    @property
-    def trains(self) -> bool:
-        return any(p.requires_grad for p in self.module.parameters())
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[n, d] -> [n, V]``, contiguous."""
         return nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
@@ -140,8 +136,8 @@ def token_stats_and_loss(
     s_flat = student_hidden.detach().flatten(0, 1)  # [R * C, d]
     t_flat = teacher_hidden.flatten(0, 1)
     form = None if divergence is None else losses.closed_form(divergence)
-    head = LinearHead.of(student_head, vocab_size) if grad and form is not None else None
-    head = None if head is None or head.trains else head
+    frozen = not any(p.requires_grad for p in student_head.parameters())
+    head = LinearHead.of(student_head, vocab_size) if grad and form is not None and frozen else None
     out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
     grad_hidden = torch.zeros_like(s_flat) if head is not None else None
     for chunk in index.split(chunk_size):
