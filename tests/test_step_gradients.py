@@ -86,3 +86,35 @@ def test_tied_student_gradient_equals_naive(tiny, prompts_file, tmp_path):
     got = [p.grad for p in module.student.parameters() if p.requires_grad]
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+class NonzeroLoRA(__import__("lightning").Callback):
+    """peft starts LoRA's B at 0, which hides the dropout on A's input: give B values."""
+
+    def on_train_start(self, trainer, module):
+        for name, p in module.student.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p.data, std=0.1)
+
+
+def test_recomputed_micro_batches_replay_the_scored_dropout(tiny, prompts_file, tmp_path, monkeypatch):
+    """With micro-batches the update recomputes each student forward; with dropout it must draw the scored
+    forward's masks, or the statistics pass's gradient would belong to other hidden states."""
+    import tiplight.module
+
+    seen = []
+
+    def recording(model, *args):
+        out = completion_hidden(model, *args)
+        if model is module.student:
+            seen.append(out.detach().clone())
+        return out
+
+    from tiplight.stats import completion_hidden
+
+    module = make_module(tiny, selector=SoftOrTopK(0.5), lora=LoRA(r=4, alpha=8, dropout=0.5), micro_batch_size=3)
+    monkeypatch.setattr(tiplight.module, "completion_hidden", recording)
+    make_trainer(tmp_path, max_steps=1, callbacks=[NonzeroLoRA()]).fit(module, make_data(prompts_file))
+    assert len(seen) == 6  # 3 micro-batches of 8 rollouts, scored then recomputed
+    for a, b in zip(seen[:3], seen[3:], strict=True):
+        assert torch.equal(a, b)

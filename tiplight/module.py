@@ -32,7 +32,15 @@ from tiplight.parallel import all_gather_rows, clip_grad_norm, parallelize, sum_
 from tiplight.paths import resolve
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.selection import AllTokens, Selector, TokenStats, quadrant_shares, quadrants
-from tiplight.stats import RawStats, TokenLoss, completion_hidden, token_stats_and_loss
+from tiplight.stats import (
+    RawStats,
+    RngState,
+    TokenLoss,
+    completion_hidden,
+    replay_rng,
+    rng_state,
+    token_stats_and_loss,
+)
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
@@ -66,6 +74,7 @@ class Scored:
     raw: RawStats  # [r, C]
     student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
     token_loss: TokenLoss | None = None  # [r, C] loss (and [r, C, d] gradient) from the statistics pass
+    rng: RngState | None = None  # before the student forward: a recompute replays its dropout masks
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -277,13 +286,14 @@ class DistillModule(L.LightningModule):
         parts = []
         for mb in rollout.split(self.hparams.micro_batch_size or len(rollout.input_ids)):
             teacher_hidden = self.teacher_hidden(mb)
+            rng = rng_state(self.device)
             with torch.set_grad_enabled(keep_graph):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
             raw, token_loss = token_stats_and_loss(
                 hidden, self.student.get_output_embeddings(), teacher_hidden, self.teacher.get_output_embeddings(),
                 mb.completion_mask, self.vocab_size, self.hparams.chunk_size, self.divergence,
                 grad=torch.is_grad_enabled())
-            parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None, token_loss))
+            parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None, token_loss, rng))
         return parts
 
     def teacher_hidden(self, mb: Rollout) -> torch.Tensor:
@@ -348,7 +358,8 @@ class DistillModule(L.LightningModule):
         mb = part.rollout
         hidden = part.student_hidden
         if hidden is None:
-            hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
+            with replay_rng(part.rng, self.device):
+                hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         mask = weights > 0
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),

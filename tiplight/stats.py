@@ -10,6 +10,8 @@ that the update needs no second pass over the vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +51,29 @@ def completion_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     # no KV cache: nothing is decoded after this pass, and a cache breaks activation-checkpoint recompute
     out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     return out.last_hidden_state[:, prompt_length - 1 :]  # [R, C, d]
+
+
+RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU, and the CUDA device's
+
+
+def rng_state(device: torch.device) -> RngState:
+    """The RNG state before a forward, to draw the same dropout masks again with ``replay_rng``."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def replay_rng(state: RngState | None, device: torch.device) -> Iterator[None]:
+    """Run the block from ``state`` (a recomputed forward then equals the scored one, dropout included, so
+    the statistics pass's gradient belongs to it); the RNG is as before the block afterwards. None: no
+    replay."""
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
 
 
 def head_logits(head: nn.Module, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -141,7 +166,7 @@ def token_stats_and_loss(
     out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
     grad_hidden = torch.zeros_like(s_flat) if head is not None else None
     for chunk in index.split(chunk_size):
-        s_logits = head.logits(s_flat[chunk]) if head else head_logits(student_head, s_flat[chunk], vocab_size)
+        s_logits = head.logits(s_flat[chunk]) if head is not None else head_logits(student_head, s_flat[chunk], vocab_size)
         t_logits = head_logits(teacher_head, t_flat[chunk], vocab_size)  # [n, V]
         if divergence is not None and form is None:  # a custom divergence: its value only
             out[3, chunk] = divergence(s_logits, t_logits).float()
