@@ -113,8 +113,9 @@ def closed_form(divergence: Divergence) -> ClosedForm | None:
 
 
 def _log_probs(logits: torch.Tensor, consume: bool) -> torch.Tensor:
-    """``_log_softmax`` without grad, written over ``logits`` when ``consume`` and it is float32."""
-    if consume and logits.dtype == torch.float32 and logits.is_contiguous():
+    """``_log_softmax`` without grad, written over ``logits`` when ``consume`` and it is float32 on CPU
+    (where a fresh large tensor costs page faults; a GPU's caching allocator makes one cheap)."""
+    if consume and logits.dtype == torch.float32 and logits.is_contiguous() and logits.device.type == "cpu":
         out = torch.log_softmax(logits, -1, out=logits)
     else:
         out = F.log_softmax(logits, -1, dtype=torch.float32)
@@ -130,7 +131,7 @@ def divergences_and_grad(
     gradient with respect to the student's logits ``[N, V]`` (float32), all from one log-softmax each.
 
     The ``[N, V]`` temporaries are reused in place (4 allocations; 2 with ``consume``, which overwrites
-    float32 logits): on CPU every fresh large tensor costs page faults.
+    float32 CPU logits): on CPU every fresh large tensor costs page faults.
     """
     logp_s = _log_probs(student_logits, consume)  # [N, V]
     logp_t = _log_probs(teacher_logits, consume)  # [N, V]
