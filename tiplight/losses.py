@@ -4,8 +4,9 @@ Every function takes logits ``[N, V]`` (any float dtype), computes in float32 an
 They are pure: no reduction, no masking, no chunking (see ``tiplight.stats`` for the chunked callers).
 A ``-inf`` logit is a probability of 0, and 0 * log 0 counts as 0: where a logit is ``-inf``, the
 log-probabilities are clamped to the lowest float32 before any product, so no 0 * -inf turns into NaN
-(a KL that is truly infinite comes out as a huge finite number instead). ``closed_form`` gives each built-in divergence's gradient with respect
-to the student's logits (``tiplight.objective`` uses it instead of autograd).
+(a KL that is truly infinite comes out as a huge finite number instead). ``closed_form`` gives each
+built-in divergence's gradient with respect to the student's logits (``tiplight.objective`` uses it
+instead of autograd), ``divergences_and_grad`` computes statistics, divergence and gradient in one go.
 """
 
 from __future__ import annotations

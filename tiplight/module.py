@@ -290,9 +290,9 @@ class DistillModule(L.LightningModule):
             with torch.set_grad_enabled(keep_graph):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
             raw, token_loss = token_stats_and_loss(
-                hidden, self.student.get_output_embeddings(), teacher_hidden, self.teacher.get_output_embeddings(),
-                mb.completion_mask, self.vocab_size, self.hparams.chunk_size, self.divergence,
-                grad=torch.is_grad_enabled())
+                hidden, self.student.get_output_embeddings(), teacher_hidden,
+                self.teacher.get_output_embeddings(), mb.completion_mask, self.vocab_size,
+                self.hparams.chunk_size, self.divergence, grad=torch.is_grad_enabled())
             parts.append(Scored(mb, teacher_hidden, raw, hidden if keep_graph else None, token_loss, rng))
         return parts
 

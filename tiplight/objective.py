@@ -34,7 +34,7 @@ class _Precomputed(torch.autograd.Function):
     order and shapes); backward scales them by the incoming gradient, in place (backward runs once)."""
 
     @staticmethod
-    def forward(ctx, value: torch.Tensor, grads: tuple[torch.Tensor, ...], *inputs: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, value: torch.Tensor, grads: tuple[torch.Tensor, ...], *inputs: torch.Tensor):
         ctx.grads = grads
         return value.clone()
 

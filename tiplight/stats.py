@@ -92,7 +92,7 @@ class LinearHead:
 
     @staticmethod
     def of(head: nn.Module, vocab_size: int) -> LinearHead | None:
-        """None for any other head (LoRA-wrapped, sharded FSDP units, DTensor weights): autograd serves those."""
+        """None for any other head (LoRA-wrapped, FSDP units, DTensor weights): autograd serves those."""
         if type(head) is not nn.Linear or type(head.weight) is not nn.Parameter:
             return None
         device = head.weight.device.type
@@ -166,7 +166,8 @@ def token_stats_and_loss(
     out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
     grad_hidden = torch.zeros_like(s_flat) if head is not None else None
     for chunk in index.split(chunk_size):
-        s_logits = head.logits(s_flat[chunk]) if head is not None else head_logits(student_head, s_flat[chunk], vocab_size)
+        h_chunk = s_flat[chunk]  # [n, d]
+        s_logits = head.logits(h_chunk) if head is not None else head_logits(student_head, h_chunk, vocab_size)
         t_logits = head_logits(teacher_head, t_flat[chunk], vocab_size)  # [n, V]
         if divergence is not None and form is None:  # a custom divergence: its value only
             out[3, chunk] = divergence(s_logits, t_logits).float()
