@@ -98,7 +98,8 @@ def test_step_gradients_equal_naive(setup, lora_student, retain, lora):
 
 class VocabTensors(TorchFunctionMode):
     """Largest tensor with a vocabulary (last) dimension that any torch function returns, with and without
-    grad (forward, and recomputations in backward)."""
+    grad (forward, and recomputations in backward). Views (``weight.T``, slices of a reused buffer) hold
+    no memory of their own and are not counted; flat ``[n * V]`` scratch buffers are."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,7 +108,9 @@ class VocabTensors(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.dim() and t.shape[-1] == V:
+            if not isinstance(t, torch.Tensor) or not t.dim() or t._base is not None:
+                continue
+            if t.shape[-1] == V or (t.dim() == 1 and t.numel() % V == 0):
                 self.largest[t.requires_grad] = max(self.largest[t.requires_grad], t.numel())
         return out
 

@@ -126,18 +126,20 @@ def _log_probs(logits: torch.Tensor, consume: bool) -> torch.Tensor:
 @torch.no_grad()
 def divergences_and_grad(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, form: ClosedForm | None = None,
-    consume: bool = False,
+    consume: bool = False, workspace=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Student entropy, KL(S||T), KL(T||S) ``[N]`` and, given ``form``, a divergence ``[N]`` and its
     gradient with respect to the student's logits ``[N, V]`` (float32), all from one log-softmax each.
 
     The ``[N, V]`` temporaries are reused in place (4 allocations; 2 with ``consume``, which overwrites
-    float32 CPU logits): on CPU every fresh large tensor costs page faults.
+    float32 CPU logits; none with a ``tiplight.heads.Workspace`` that reuses memory): on CPU every fresh
+    large tensor costs page faults. The gradient may be one of those temporaries: use it before the next call.
     """
     logp_s = _log_probs(student_logits, consume)  # [N, V]
     logp_t = _log_probs(teacher_logits, consume)  # [N, V]
-    p = logp_s.exp()  # [N, V] P_S
-    scratch = p * logp_s  # [N, V]
+    take = workspace.take if workspace is not None else lambda *args: None
+    p = torch.exp(logp_s, out=take("p", *logp_s.shape))  # [N, V] P_S
+    scratch = torch.mul(p, logp_s, out=take("scratch", *logp_s.shape))  # [N, V]
     h = -scratch.sum(-1)
     diff = logp_s.sub_(logp_t)  # [N, V] log P_S - log P_T, finite
     rkl = torch.mul(p, diff, out=scratch).sum(-1)

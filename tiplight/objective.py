@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tiplight.heads import LinearHead, Workspace, chunk_logits, head_logits
 from tiplight.losses import ClosedForm, Divergence, closed_form, divergences_and_grad
-from tiplight.stats import LinearHead, TokenLoss, head_logits
+from tiplight.stats import TokenLoss
 
 
 class _Precomputed(torch.autograd.Function):
@@ -90,11 +91,13 @@ def _closed_form_grads(
     grad_hidden = torch.empty_like(hidden)  # [K, d]
     params = [(p, torch.zeros_like(p)) for p in (head.module.weight, head.module.bias)
               if p is not None and p.requires_grad]
+    t_linear, workspace = LinearHead.of(teacher_head, vocab_size), Workspace(hidden.device)
     for start in range(0, len(hidden), chunk_size):
         rows = slice(start, start + chunk_size)
         h, w = hidden[rows], weights[rows]  # [n, d], [n]
-        t_logits = head_logits(teacher_head, teacher_hidden[rows], vocab_size)  # [n, V]
-        *_, loss, g = divergences_and_grad(head.logits(h), t_logits, form, consume=True)  # [n], [n, V]
+        s_logits = chunk_logits(head.module, head, h, vocab_size, workspace, "student")  # [n, V]
+        t_logits = chunk_logits(teacher_head, t_linear, teacher_hidden[rows], vocab_size, workspace, "teacher")
+        *_, loss, g = divergences_and_grad(s_logits, t_logits, form, consume=True, workspace=workspace)
         value += (w * loss).sum()
         g = g.mul_(w[:, None]).to(head.weight.dtype)  # d (sum w D) / d logits, in the matmul dtype
         grad_hidden[rows] = head.grad_input(g)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tiplight import losses
+from tiplight.heads import LinearHead, Workspace, chunk_logits
 from tiplight.losses import Divergence
 
 
@@ -76,39 +77,6 @@ def replay_rng(state: RngState | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def head_logits(head: nn.Module, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``head(hidden)`` sliced to the tokenizer's vocabulary: ``[N, d] -> [N, V]``."""
-    return head(hidden)[..., :vocab_size]
-
-
-@dataclass(frozen=True)
-class LinearHead:
-    """A plain ``nn.Linear`` lm_head as weight ``[V, d]`` (and bias ``[V]``) sliced to the vocabulary, in
-    the dtype its matmuls run in (autocast's when enabled), for logits and gradients without autograd."""
-
-    module: nn.Linear
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-
-    @staticmethod
-    def of(head: nn.Module, vocab_size: int) -> LinearHead | None:
-        """None for any other head (LoRA-wrapped, FSDP units, DTensor weights): autograd serves those."""
-        if type(head) is not nn.Linear or type(head.weight) is not nn.Parameter:
-            return None
-        device = head.weight.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
-        bias = None if head.bias is None else head.bias.detach()[:vocab_size].to(dtype)
-        return LinearHead(head, head.weight.detach()[:vocab_size].to(dtype), bias)
-
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[n, d] -> [n, V]``, contiguous."""
-        return nn.functional.linear(hidden.to(self.weight.dtype), self.weight, self.bias)
-
-    def grad_input(self, grad_logits: torch.Tensor) -> torch.Tensor:
-        """``d loss / d hidden`` from ``d loss / d logits``: ``[n, V] -> [n, d]``."""
-        return grad_logits.to(self.weight.dtype) @ self.weight
-
-
 @dataclass(frozen=True)
 class TokenLoss:
     """Each token's divergence ``[R, C]`` (nats) and, when the student's head is frozen, its gradient with
@@ -162,21 +130,23 @@ def token_stats_and_loss(
     t_flat = teacher_hidden.flatten(0, 1)
     form = None if divergence is None else losses.closed_form(divergence)
     frozen = not any(p.requires_grad for p in student_head.parameters())
-    head = LinearHead.of(student_head, vocab_size) if grad and form is not None and frozen else None
+    s_linear, t_linear = LinearHead.of(student_head, vocab_size), LinearHead.of(teacher_head, vocab_size)
+    grad_head = s_linear if grad and form is not None and frozen else None
+    workspace = Workspace(s_flat.device)
     out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
-    grad_hidden = torch.zeros_like(s_flat) if head is not None else None
+    grad_hidden = torch.zeros_like(s_flat) if grad_head is not None else None
     for chunk in index.split(chunk_size):
-        h_chunk = s_flat[chunk]  # [n, d]
-        s_logits = head.logits(h_chunk) if head is not None else head_logits(student_head, h_chunk, vocab_size)
-        t_logits = head_logits(teacher_head, t_flat[chunk], vocab_size)  # [n, V]
+        s_logits = chunk_logits(student_head, s_linear, s_flat[chunk], vocab_size, workspace, "student")  # [n, V]
+        t_logits = chunk_logits(teacher_head, t_linear, t_flat[chunk], vocab_size, workspace, "teacher")
         if divergence is not None and form is None:  # a custom divergence: its value only
             out[3, chunk] = divergence(s_logits, t_logits).float()
-        h, rkl, fkl, loss, g = losses.divergences_and_grad(s_logits, t_logits, form, consume=True)
+        h, rkl, fkl, loss, g = losses.divergences_and_grad(s_logits, t_logits, form, consume=True,
+                                                           workspace=workspace)
         out[:3, chunk] = torch.stack((h, rkl, fkl))
         if loss is not None:
             out[3, chunk] = loss
         if grad_hidden is not None:
-            grad_hidden[chunk] = head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
+            grad_hidden[chunk] = grad_head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
     out[0] /= math.log(vocab_size)
     entropy, rkl, fkl, loss = out.view(4, *valid.shape)
     if divergence is None:
