@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py build DIR            # random-init models + a 151,669-token tokenizer
     python benchmarks/gpu_check.py run DIR RETAIN OUT   # 1 step under FSDPStrategy, peak memory -> OUT (JSON)
+    python benchmarks/gpu_check.py grads OUT            # closed-form step gradients vs naive on the GPU -> OUT
 
 Student: Qwen3-1.7B shapes with untied embeddings (FSDP1 refuses a tied student), fp32 master weights,
 bf16-mixed. Teacher: Qwen3-4B shapes loaded 4-bit NF4. Driven by benchmarks/gpu_check.sh.
@@ -80,8 +81,58 @@ def run(root: Path, retain: float, out: Path) -> None:
     print(json.dumps(result))
 
 
+def grads(out: Path) -> None:
+    """tiplight's step gradient (closed form from the statistics pass, CUDA kernels, in-place log-softmax)
+    against the naive full-logit one, per student parameter: Qwen3-0.6B student, Qwen3-1.7B teacher shapes
+    (random init), 2 rollouts of 64 + 512 tokens, every token kept, full fine-tuning and LoRA, float32 (must
+    agree: relative error < 1e-3) and bfloat16 (reported)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from step_memory import Config
+
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        for lora in (False, True):
+            cfg = Config("tiplight", 1.0, "qwen3-0.6b", "qwen3-1.7b", rollouts=2, prompt=64, completion=512,
+                         chunk_size=256, device="cuda", dtype=dtype, lora=lora)
+            error = _max_relative_error(cfg)
+            rows.append({"dtype": dtype, "lora": lora, "max_relative_error": error,
+                         "ok": error < 1e-3 if dtype == "float32" else None})
+            print(json.dumps(rows[-1]), flush=True)
+    out.write_text(json.dumps(rows, indent=2))
+
+
+def _max_relative_error(cfg) -> float:
+    """max over trained parameters of |g_tiplight - g_naive| / |g_naive| for one step of ``cfg``."""
+    from step_memory import Phases, build_model, full_logit_step, naive_loss, tiplight_step
+
+    from tiplight.models import LoRA, add_lora
+
+    dtype = getattr(torch, cfg.dtype)
+    student = build_model(cfg.student, 0, cfg.device, dtype)
+    teacher = build_model(cfg.teacher, 1, cfg.device, dtype).requires_grad_(False)
+    if cfg.lora:
+        student = add_lora(student, LoRA(), quantized=False)
+        for name, p in student.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0: make the adapter (and A's gradient) matter
+                torch.nn.init.normal_(p, std=0.02)
+    vocab = student.config.vocab_size
+    ids = torch.randint(vocab, (cfg.rollouts, cfg.prompt + cfg.completion), device=cfg.device,
+                        generator=torch.Generator(cfg.device).manual_seed(0))
+    mask, valid = torch.ones_like(ids), torch.ones(cfg.rollouts, cfg.completion, dtype=torch.bool, device=cfg.device)
+    steps = (lambda t: tiplight_step(student, teacher, ids, mask, valid, cfg, vocab, t),
+             lambda t: full_logit_step(student, teacher, ids, mask, valid, cfg, naive_loss, t))
+    got, want = [], []
+    for step, found in zip(steps, (got, want)):
+        student.zero_grad(set_to_none=True)
+        step(Phases(cfg.device))
+        found += [p.grad.float().clone() for p in student.parameters() if p.requires_grad]
+    return max(float((a - b).norm() / b.norm().clamp(min=1e-30)) for a, b in zip(got, want, strict=True))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "build":
         build(Path(sys.argv[2]))
+    elif sys.argv[1] == "grads":
+        grads(Path(sys.argv[2]))
     else:
         run(Path(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4]))

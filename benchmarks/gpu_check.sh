@@ -10,6 +10,16 @@ MODELS="${TMPDIR:-/tmp}/tiplight_gpu_check"
 mkdir -p "$OUT" "$MODELS"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, bitsandbytes as b; print('torch', torch.__version__, 'bnb', b.__version__)" | tee -a "$OUT/gpu.txt"
+# Issue 15, the closed-form gradient path (untested on a GPU when written; ~5 min): step gradients vs the
+# naive full-logit ones (Qwen3-0.6B/1.7B shapes, fp32 must agree), then time and peak memory of one update,
+# tiplight vs naive, full fine-tuning and LoRA (frozen head), Qwen3-1.7B student / Qwen3-4B teacher, bf16.
+timeout 300 python benchmarks/gpu_check.py grads "$OUT/grads.json" > "$OUT/grads.log" 2>&1 \
+  || { echo "grads failed:"; tail -30 "$OUT/grads.log"; }
+timeout 900 python benchmarks/step_memory.py --student qwen3-1.7b --teacher qwen3-4b --rollouts 8 --prompt 64 \
+  --completion 1024 --chunk-size 512 --device cuda --dtype bfloat16 --checkpointing --impls tiplight,naive \
+  --retains 1.0,0.1 --lora-retains 1.0 --steps 2 --no-rollout > "$OUT/step_memory.md" 2> "$OUT/step_memory.log" \
+  || { echo "step_memory failed:"; tail -30 "$OUT/step_memory.log"; }
+tail -8 "$OUT/step_memory.md"
 [ -f "$MODELS/teacher/config.json" ] || python benchmarks/gpu_check.py build "$MODELS"
 for retain in 1.0 0.5 0.2 0.1; do
   timeout 240 python benchmarks/gpu_check.py run "$MODELS" "$retain" "$OUT/retain_$retain.json" \

@@ -6,8 +6,10 @@ process. Peak memory is the process's peak RSS above its RSS right before the st
 through ``/proc/self/clear_refs``) on CPU, ``torch.cuda.max_memory_allocated`` above the allocated
 bytes before the step on GPU; time is the median over ``--steps`` steps after one warm-up step.
 
-- ``tiplight``: the path ``DistillModule`` runs (``completion_hidden``, ``token_stats``,
-  ``TokenStats.from_raw``, ``SoftOrTopK``, ``selected_loss_sum``).
+- ``tiplight``: the path ``DistillModule`` runs (``completion_hidden``, ``token_stats_and_loss``: statistics
+  and, for a frozen head, the loss's gradient w.r.t. the hidden states; ``TokenStats.from_raw``,
+  ``SoftOrTopK``, ``selected_loss_sum``: no vocabulary pass for a frozen head, one over the kept tokens
+  otherwise).
 - ``naive``: full ``[R, P + C, V]`` logits from ``model(...).logits`` (student with grad, teacher
   without), statistics from those logits, reverse KL at every completion position, masked, mean.
 - ``trl``: the naive logits fed to TRL's ``GKDTrainer.generalized_jsd_loss`` (beta=1: reverse KL).
@@ -39,9 +41,10 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from tiplight import losses
+from tiplight.models import LoRA, add_lora
 from tiplight.objective import selected_loss_sum
 from tiplight.selection import SoftOrTopK, TokenStats
-from tiplight.stats import completion_hidden, token_stats
+from tiplight.stats import completion_hidden, token_stats_and_loss
 
 CONFIGS = Path(__file__).parent / "configs"
 RETAINS = (1.0, 0.5, 0.2, 0.1)
@@ -63,13 +66,15 @@ class Config:
     device: str = "cpu"
     dtype: str = "float32"
     checkpointing: bool = False  # student decoder-layer activation checkpointing (real shapes)
+    lora: bool = False  # a LoRA student (peft, r=16 on every linear layer but the lm_head): a frozen head
 
 
 def build_model(name: str, seed: int, device: str, dtype: torch.dtype) -> torch.nn.Module:
     """A randomly initialised model from ``benchmarks/configs/<name>.json``, in eval mode."""
     config = Qwen3Config(**json.loads((CONFIGS / f"{name}.json").read_text()))
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
+    with torch.device(device):  # initialise where the model runs (a GPU initialises billions of weights fast)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
 class Memory:
@@ -124,12 +129,13 @@ def tiplight_step(s, t, ids, mask, valid, cfg: Config, vocab: int, timed: Phases
         t_hidden = timed("teacher", completion_hidden, t, ids, mask, cfg.prompt)  # [R, C, d_t]
     t_hidden = t_hidden.clone()
     hidden = timed("student", completion_hidden, s, ids, mask, cfg.prompt)  # [R, C, d] with grad
-    raw = timed("stats", token_stats, hidden, s_head, t_hidden, t_head, valid, vocab, cfg.chunk_size)
+    raw, token_loss = timed("stats", token_stats_and_loss, hidden, s_head, t_hidden, t_head, valid, vocab,
+                            cfg.chunk_size, losses.reverse_kl, grad=True)
     stats = timed("select", TokenStats.from_raw, raw.entropy, raw.rkl, raw.fkl, valid)
     keep = timed("select", SoftOrTopK(cfg.retain).select, stats) & valid  # [R, C]
     w = keep.float()
     loss = timed("loss", selected_loss_sum, hidden[keep], t_hidden[keep], w[keep], s_head, t_head,
-                 losses.reverse_kl, vocab, cfg.chunk_size) / keep.sum()
+                 losses.reverse_kl, vocab, cfg.chunk_size, token_loss.at(keep)) / keep.sum()
     timed("backward", loss.backward)
     return int(keep.sum())
 
@@ -190,9 +196,7 @@ def rollout_step(s, ids, cfg: Config, timed: Phases) -> int:
 
 def analytic_logit_elements(cfg: Config, vocab: int, kept: int) -> int:
     """``[*, V]`` logit elements alive with grad at the step's peak (the model's own logits for naive)."""
-    if cfg.impl == "tiplight":
-        return min(cfg.chunk_size, kept) * vocab  # one recomputed chunk in backward
-    if cfg.impl == "rollout":
+    if cfg.impl in ("tiplight", "rollout"):  # tiplight's logits never carry grad (closed-form gradients)
         return 0
     return cfg.rollouts * (cfg.prompt + cfg.completion) * vocab  # model(...).logits, all positions
 
@@ -204,6 +208,9 @@ def worker(cfg: Config) -> dict:
     dtype = getattr(torch, cfg.dtype)
     student = build_model(cfg.student, 0, cfg.device, dtype)
     teacher = build_model(cfg.teacher, 1, cfg.device, dtype).requires_grad_(False)
+    if cfg.lora:
+        torch.manual_seed(2)
+        student = add_lora(student, LoRA(), quantized=False)
     if cfg.checkpointing:  # HF checkpoints decoder layers only in train mode (Qwen3 has no dropout)
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         student.train()
@@ -275,7 +282,8 @@ def table(rows: list[dict]) -> str:
              " stats+select share (CPU) | grad [*,V] elements |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['peak_bytes'] / ref:.3f}" if ref and r["impl"] != "rollout" else "-"
-        lines.append(f"| {r['impl']} | {r['retain']} | {r['kept_tokens']} | {r['peak_bytes'] / 2**20:,.0f} | "
+        impl = r["impl"] + ("+lora" if r.get("lora") else "")
+        lines.append(f"| {impl} | {r['retain']} | {r['kept_tokens']} | {r['peak_bytes'] / 2**20:,.0f} | "
                      f"{ratio} | {r['step_seconds']:.2f} | {r['step_cpu_seconds']:.2f} | {r['stats_select_fraction']:.1%} | "
                      f"{r['grad_logit_elements']:,} |")
     return "\n".join(lines)
@@ -291,6 +299,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--checkpointing", action="store_true", help="student activation checkpointing")
     p.add_argument("--impls", default="tiplight,naive,trl", help="comma-separated; trl is skipped if absent")
     p.add_argument("--retains", default=",".join(map(str, RETAINS)))
+    p.add_argument("--lora-retains", default="1.0", help="retains of the LoRA-student rows (tiplight, naive)")
     p.add_argument("--no-rollout", action="store_true", help="skip the separate rollout measurement")
     return p.parse_args()
 
@@ -304,6 +313,8 @@ def main() -> None:
                                             "chunk_size", "steps", "device", "dtype", "checkpointing")}
     impls = [i for i in args.impls.split(",") if i != "trl" or _has_trl()]
     configs = [Config(impl, float(r), **shared) for impl in impls for r in args.retains.split(",")]
+    configs += [Config(impl, float(r), **shared, lora=True) for impl in ("tiplight", "naive") if impl in impls
+                for r in filter(None, args.lora_retains.split(","))]
     if not args.no_rollout:
         configs.append(Config("rollout", 1.0, **shared))
     rows = []

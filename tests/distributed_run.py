@@ -1,7 +1,7 @@
 """Run two OPD steps on tiny models under a strategy and write losses, kept sets and parameters.
 
-Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT``.
-Lightning re-launches this script once per extra rank.
+Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT``;
+``STRATEGY+lora`` trains a LoRA adapter (frozen lm_head). Lightning re-launches this script once per extra rank.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from helpers import Recording
 
 from tiplight.data import PromptDataModule
+from tiplight.models import LoRA
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
 
@@ -27,9 +28,10 @@ def strategy(name: str):
 
 
 def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
+    name, _, lora = name.partition("+")
     module = Recording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
                        sampling=Sampling(max_new_tokens=8), micro_batch_size=2,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lora=LoRA(r=4, alpha=8) if lora else None)
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy(name), max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -1,4 +1,5 @@
-"""DDP and FSDP2 (ModelParallelStrategy) with 2 gloo processes give the single-process result."""
+"""DDP (full fine-tuning and LoRA) and FSDP2 (ModelParallelStrategy) with 2 gloo processes give the
+single-process result."""
 
 import json
 import subprocess
@@ -24,10 +25,24 @@ def single(tiny, prompts_file, tmp_path_factory):
     return run("single", 1, tiny, prompts_file, tmp_path_factory.mktemp("single"))
 
 
+@pytest.fixture(scope="module")
+def single_lora(tiny, prompts_file, tmp_path_factory):
+    return run("single+lora", 1, tiny, prompts_file, tmp_path_factory.mktemp("single_lora"))
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
 def test_two_processes_match_one(strategy, single, tiny, prompts_file, tmp_path):
-    multi = run(strategy, 2, tiny, prompts_file, tmp_path)
+    assert_same(single, run(strategy, 2, tiny, prompts_file, tmp_path))
+
+
+@pytest.mark.distributed
+def test_two_processes_match_one_with_lora(single_lora, tiny, prompts_file, tmp_path):
+    """A LoRA student's frozen head: the loss's gradient comes from the statistics pass on each rank."""
+    assert_same(single_lora, run("ddp+lora", 2, tiny, prompts_file, tmp_path))
+
+
+def assert_same(single: dict, multi: dict) -> None:
     for one, two in zip(single["steps"], multi["steps"], strict=True):
         assert one["kept"] == two["kept"] and one["valid"] == two["valid"]
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)

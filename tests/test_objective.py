@@ -7,7 +7,7 @@ from torch import nn
 
 from tiplight import losses
 from tiplight.objective import selected_loss_sum
-from tiplight.stats import token_stats
+from tiplight.stats import token_stats, token_stats_and_loss
 
 R, C, D, DT, V_MODEL, V = 3, 9, 8, 12, 40, 37
 
@@ -46,35 +46,91 @@ def naive_loss(hidden, teacher_hidden, head, teacher_head, weights, divergence):
     return (divergence(s.flatten(0, 1), t.flatten(0, 1)) * weights.flatten()).sum()
 
 
+def custom(divergence):
+    """The same divergence behind a plain function: no closed form, so the autograd path serves it."""
+    return lambda s, t: divergence(s, t)
+
+
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
-@pytest.mark.parametrize("all_kept", [True, False])
-def test_selected_loss_and_grads_equal_naive(setup, divergence, all_kept):
-    hidden, teacher_hidden, head, teacher_head, valid = setup
+@pytest.mark.parametrize("path", ["precomputed", "closed_form", "autograd"])
+@pytest.mark.parametrize("chunk", [2, 1000])
+@pytest.mark.parametrize("importance", [False, True])
+def test_selected_loss_and_grads_equal_naive(setup, divergence, path, chunk, importance):
+    """precomputed: frozen head, gradient from the statistics pass; closed_form: the head trains (with a
+    bias), one pass over kept tokens; autograd: a divergence without a closed form."""
+    hidden, teacher_hidden, _, teacher_head, valid = setup
+    torch.manual_seed(1)
+    head = nn.Linear(D, V_MODEL, bias=path == "closed_form").requires_grad_(path != "precomputed")
     div = losses.get_divergence(divergence, 0.3)
-    weights = valid.float() if all_kept else valid.float() * torch.linspace(0, 2, C)
+    div = custom(div) if path == "autograd" else div
+    weights = valid.float() * (torch.linspace(0, 2, C) if importance else 1.0)
     h1 = hidden.clone().requires_grad_()
     expected = naive_loss(h1, teacher_hidden, head, teacher_head, weights, div)
     expected.backward()
-    grads = h1.grad.clone(), head.weight.grad.clone()
-    head.weight.grad = None
+    want = [h1.grad] + [p.grad.clone() for p in head.parameters() if p.requires_grad]
+    head.zero_grad(set_to_none=True)
 
     h2 = hidden.clone().requires_grad_()
+    _, token_loss = token_stats_and_loss(h2, head, teacher_hidden, teacher_head, valid, V, chunk, div, grad=True)
+    assert (token_loss.grad_hidden is not None) == (path == "precomputed")
     mask = weights > 0
-    got = selected_loss_sum(h2[mask], teacher_hidden[mask], weights[mask], head, teacher_head, div, V, chunk_size=2)
+    got = selected_loss_sum(h2[mask], teacher_hidden[mask], weights[mask], head, teacher_head, div, V, chunk,
+                            token_loss.at(mask))
+    assert (type(got.grad_fn).__name__ == "_PrecomputedBackward") == (path != "autograd")
     got.backward()
     torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(h2.grad, grads[0])
-    torch.testing.assert_close(head.weight.grad, grads[1])
+    for a, b in zip([h2.grad] + [p.grad for p in head.parameters() if p.requires_grad], want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
-def test_nothing_kept_gives_zero_loss_and_connected_graph(setup):
-    hidden, teacher_hidden, head, teacher_head, _ = setup
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_token_loss_equals_divergence_and_is_zero_where_not_valid(setup, chunk):
+    hidden, teacher_hidden, head, teacher_head, valid = setup
+    for name in losses.DIVERGENCES:
+        div = losses.get_divergence(name)
+        raw, token_loss = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, chunk, div)
+        with torch.no_grad():
+            want = div(head(hidden)[..., :V].flatten(0, 1), teacher_head(teacher_hidden)[..., :V].flatten(0, 1))
+        torch.testing.assert_close(token_loss.loss, torch.where(valid, want.view(R, C), 0.0))
+        assert token_loss.grad_hidden is None  # grad=False
+        stats = token_stats(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
+        torch.testing.assert_close(raw.rkl, stats.rkl)
+
+
+class VocabTensors(torch.overrides.TorchFunctionMode):
+    """Counts tensors with a vocabulary (last) dimension that torch functions return."""
+
+    count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.count += isinstance(out, torch.Tensor) and out.dim() > 0 and out.shape[-1] in (V, V_MODEL)
+        return out
+
+
+def test_without_grad_the_precomputed_loss_is_used(setup):
+    """Validation: the statistics pass's per-token loss is summed, no vocabulary pass."""
+    hidden, teacher_hidden, head, teacher_head, valid = setup
+    _, token_loss = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, 4, losses.reverse_kl)
+    with torch.no_grad(), VocabTensors() as seen:
+        got = selected_loss_sum(hidden[valid], teacher_hidden[valid], torch.ones(int(valid.sum())), head,
+                                teacher_head, losses.reverse_kl, V, 4, token_loss.at(valid))
+    assert seen.count == 0
+    torch.testing.assert_close(got, token_loss.loss.sum())
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_nothing_kept_gives_zero_loss_and_connected_graph(setup, frozen):
+    hidden, teacher_hidden, head, teacher_head, valid = setup
+    head.requires_grad_(not frozen)
     h = hidden.clone().requires_grad_()
+    _, token_loss = token_stats_and_loss(h, head, teacher_hidden, teacher_head, valid, V, 4, losses.reverse_kl,
+                                         grad=True)
     mask = torch.zeros(R, C, dtype=torch.bool)
     loss = selected_loss_sum(h[mask], teacher_hidden[mask], torch.ones(0), head, teacher_head,
-                             losses.reverse_kl, V)
+                             losses.reverse_kl, V, 4, token_loss.at(mask))
     loss.backward()
-    assert loss.item() == 0 and h.grad is not None and head.weight.grad is not None
+    assert loss.item() == 0 and h.grad is not None and (frozen or head.weight.grad is not None)
 
 
 def max_saved_numel(fn) -> int:

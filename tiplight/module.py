@@ -43,7 +43,7 @@ from tiplight.schedule import lr_factor
 from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
-from tiplight.stats import RawStats, completion_hidden, step_metrics
+from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
@@ -254,7 +254,7 @@ class DistillModule(L.LightningModule):
         """Teacher and student forward per micro-batch; chunked no-grad statistics at valid positions."""
         return score(self.student, self.teacher, rollout, keep_graph=keep_graph, vocab_size=self.vocab_size,
                      micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
-                     chunk_size=self.hparams.chunk_size)
+                     chunk_size=self.hparams.chunk_size, divergence=self.divergence)
 
     def select(self, parts: list[ScoredPart], batch_index: int) -> tuple[TokenStats, list[torch.Tensor], slice]:
         """Normalise over the stats scope and select.
@@ -323,11 +323,13 @@ class DistillModule(L.LightningModule):
         mb = part.rollout
         hidden = part.student_hidden
         if hidden is None:
-            hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
+            with replay_rng(part.rng, self.device):
+                hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         mask = weights > 0
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                 self.divergence, self.vocab_size, self.hparams.chunk_size)
+                                 self.divergence, self.vocab_size, self.hparams.chunk_size,
+                                 part.token_loss.at(mask) if part.token_loss is not None else None)
 
     # --- logging --------------------------------------------------------------------------------------
     @contextmanager

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tiplight.losses import Divergence
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
-from tiplight.stats import RawStats, completion_hidden, token_stats
+from tiplight.stats import RawStats, RngState, TokenLoss, completion_hidden, rng_state, token_stats_and_loss
 
 
 @contextmanager
@@ -56,6 +57,8 @@ class ScoredPart:
     teacher_hidden: torch.Tensor  # [r, C, d_t]
     raw: RawStats  # [r, C]
     student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
+    token_loss: TokenLoss | None = None  # [r, C] loss (and [r, C, d] gradient) from the statistics pass
+    rng: RngState | None = None  # before the student forward: a recompute replays its dropout masks
 
 
 def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
@@ -67,19 +70,23 @@ def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
 
 
 def score(student: nn.Module, teacher: nn.Module, rollout: Rollout, *, micro_batch_size: int, vocab_size: int,
-          chunk_size: int, keep_graph: bool = False) -> list[ScoredPart]:
+          chunk_size: int, keep_graph: bool = False, divergence: Divergence | None = None) -> list[ScoredPart]:
     """Teacher and student forward per micro-batch, then entropy / KL(S||T) / KL(T||S) at valid positions.
 
-    ``keep_graph``: keep the student's hidden states with grad, so the update reuses this forward."""
+    ``keep_graph``: keep the student's hidden states with grad, so the update reuses this forward.
+    ``divergence``: also each token's loss from the same logits, and where grad is enabled and a closed
+    form exists, its gradient w.r.t. the hidden state (``stats.token_stats_and_loss``)."""
     device = next(student.parameters()).device
     parts = []
     for mb in rollout.split(micro_batch_size):
         mb = Rollout(mb.input_ids.to(device), mb.attention_mask.to(device), mb.completion_mask.to(device),
                      mb.prompt_length)
         t_hidden = teacher_hidden(teacher, mb)
+        rng = rng_state(device)
         with torch.set_grad_enabled(keep_graph):
             s_hidden = completion_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_length)
-        raw = token_stats(s_hidden, student.get_output_embeddings(), t_hidden, teacher.get_output_embeddings(),
-                          mb.completion_mask, vocab_size, chunk_size)
-        parts.append(ScoredPart(mb, t_hidden, raw, s_hidden if keep_graph else None))
+        raw, token_loss = token_stats_and_loss(
+            s_hidden, student.get_output_embeddings(), t_hidden, teacher.get_output_embeddings(),
+            mb.completion_mask, vocab_size, chunk_size, divergence, grad=torch.is_grad_enabled())
+        parts.append(ScoredPart(mb, t_hidden, raw, s_hidden if keep_graph else None, token_loss, rng))
     return parts

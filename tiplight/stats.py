@@ -2,18 +2,24 @@
 
 The lm_heads are applied chunk by chunk, so ``[N, V]`` logits exist for at most ``chunk_size`` positions
 at a time, and never with grad. The results are ``[R, C]`` tensors (0 at invalid positions) that
-``TokenStats.from_raw`` normalises over the stats scope.
+``TokenStats.from_raw`` normalises over the stats scope. The same pass can also give each token's loss
+and, for a frozen student head, its gradient with respect to the final hidden state (``TokenLoss``), so
+that the update needs no second pass over the vocabulary.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from tiplight import losses
+from tiplight.heads import LinearHead, Workspace, chunk_logits
+from tiplight.losses import Divergence
 from tiplight.selection import TokenStats, quadrant_shares, quadrants
 
 
@@ -49,12 +55,42 @@ def completion_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     return out.last_hidden_state[:, prompt_length - 1 :]  # [R, C, d]
 
 
-def head_logits(head: nn.Module, hidden: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``head(hidden)`` sliced to the tokenizer's vocabulary: ``[N, d] -> [N, V]``."""
-    return head(hidden)[..., :vocab_size]
+RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU, and the CUDA device's
 
 
-@torch.no_grad()
+def rng_state(device: torch.device) -> RngState:
+    """The RNG state before a forward, to draw the same dropout masks again with ``replay_rng``."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextmanager
+def replay_rng(state: RngState | None, device: torch.device) -> Iterator[None]:
+    """Run the block from ``state`` (a recomputed forward then equals the scored one, dropout included, so
+    the statistics pass's gradient belongs to it); the RNG is as before the block afterwards. None: no
+    replay."""
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+@dataclass(frozen=True)
+class TokenLoss:
+    """Each token's divergence ``[R, C]`` (nats) and, when the student's head is frozen, its gradient with
+    respect to the student's final hidden state ``[R, C, d]``; zeros where not valid. ``at(mask)`` gives
+    the rows of the kept tokens (``[K]``, ``[K, d]``) in ``hidden[mask]`` order."""
+
+    loss: torch.Tensor
+    grad_hidden: torch.Tensor | None = None
+
+    def at(self, mask: torch.Tensor) -> TokenLoss:
+        return TokenLoss(self.loss[mask], None if self.grad_hidden is None else self.grad_hidden[mask])
+
+
 def token_stats(
     student_hidden: torch.Tensor,
     student_head: nn.Module,
@@ -69,16 +105,55 @@ def token_stats(
     ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool.
     Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full vocabulary.
     """
+    return token_stats_and_loss(student_hidden, student_head, teacher_hidden, teacher_head, valid, vocab_size,
+                                chunk_size)[0]
+
+
+@torch.no_grad()
+def token_stats_and_loss(
+    student_hidden: torch.Tensor,
+    student_head: nn.Module,
+    teacher_hidden: torch.Tensor,
+    teacher_head: nn.Module,
+    valid: torch.Tensor,
+    vocab_size: int,
+    chunk_size: int = 512,
+    divergence: Divergence | None = None,
+    grad: bool = False,
+) -> tuple[RawStats, TokenLoss | None]:
+    """``token_stats`` and, given ``divergence``, each valid token's loss from the same logits.
+
+    With ``grad``, a built-in divergence (``losses.closed_form``) and a frozen plain ``nn.Linear`` student
+    head, also ``d loss / d hidden`` per token: the closed-form gradient w.r.t. the logits times the head.
+    """
     index = valid.flatten().nonzero().squeeze(1)  # [N]
-    s_flat = student_hidden.detach().flatten(0, 1)
+    s_flat = student_hidden.detach().flatten(0, 1)  # [R * C, d]
     t_flat = teacher_hidden.flatten(0, 1)
-    out = torch.zeros(3, valid.numel(), device=valid.device)  # entropy, rkl, fkl
+    form = None if divergence is None else losses.closed_form(divergence)
+    frozen = not any(p.requires_grad for p in student_head.parameters())
+    s_linear, t_linear = LinearHead.of(student_head, vocab_size), LinearHead.of(teacher_head, vocab_size)
+    grad_head = s_linear if grad and form is not None and frozen else None
+    workspace = Workspace(s_flat.device)
+    out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
+    grad_hidden = torch.zeros_like(s_flat) if grad_head is not None else None
     for chunk in index.split(chunk_size):
-        s_logits = head_logits(student_head, s_flat[chunk], vocab_size)  # [n, V]
-        t_logits = head_logits(teacher_head, t_flat[chunk], vocab_size)  # [n, V]
-        out[:, chunk] = torch.stack(losses.token_divergences(s_logits, t_logits))
+        s_logits = chunk_logits(student_head, s_linear, s_flat[chunk], vocab_size, workspace, "student")  # [n, V]
+        t_logits = chunk_logits(teacher_head, t_linear, t_flat[chunk], vocab_size, workspace, "teacher")
+        if divergence is not None and form is None:  # a custom divergence: its value only
+            out[3, chunk] = divergence(s_logits, t_logits).float()
+        h, rkl, fkl, loss, g = losses.divergences_and_grad(s_logits, t_logits, form, consume=True,
+                                                           workspace=workspace)
+        out[:3, chunk] = torch.stack((h, rkl, fkl))
+        if loss is not None:
+            out[3, chunk] = loss
+        if grad_hidden is not None:
+            grad_hidden[chunk] = grad_head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
     out[0] /= math.log(vocab_size)
-    return RawStats(*out.view(3, *valid.shape))
+    entropy, rkl, fkl, loss = out.view(4, *valid.shape)
+    if divergence is None:
+        return RawStats(entropy, rkl, fkl), None
+    g = None if grad_hidden is None else grad_hidden.view_as(student_hidden)
+    return RawStats(entropy, rkl, fkl), TokenLoss(loss, g)
 
 
 def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
