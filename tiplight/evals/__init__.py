@@ -10,7 +10,7 @@ from typing import Any
 
 from tiplight.evals.benchmarks import BENCHMARKS, load_benchmark, register_benchmark
 from tiplight.evals.extract import extract_answer
-from tiplight.evals.grader import grade, grade_many
+from tiplight.evals.grader import grade, grade_many, warmup
 
 __all__ = [
     "BENCHMARKS",
@@ -20,6 +20,7 @@ __all__ = [
     "grade_many",
     "load_benchmark",
     "register_benchmark",
+    "warmup",
 ]
 
 

@@ -225,3 +225,11 @@ def _two_sided(items: tuple[Node, ...], ops: tuple[str, ...], strict: dict[str, 
         open="(" if strict[ops[0]] else "[",
         close=")" if strict[ops[1]] else "]",
     )
+
+
+def final_rejection(pred: str, gold: str) -> bool:
+    """Is an in-process rejection certain? Yes when both answers are plain numbers (compared exactly)
+    or the gold is a choice letter or words; otherwise a worker reads the response again."""
+    if _CHOICE.fullmatch(text_key_raw(gold)) or is_text_answer(gold):
+        return True
+    return exact_number(clean(pred)) is not None and exact_number(clean(gold)) is not None

@@ -1,8 +1,19 @@
-"""`grade` and `grade_many`: extraction and the exact fast path in-process, sympy in killable workers.
+"""`grade` and `grade_many`: linear-time extraction and exact numbers in-process, the rest in workers.
 
 The common case (identical strings, integers, fractions, decimals, base-b numerals, words, and any
-structure of those) costs microseconds and never leaves the process. Only an undecided comparison
-goes to a worker subprocess (`pool.py`) with a hard deadline; a timeout or any failure grades False.
+structure of those) costs microseconds and never leaves the process. Anything else goes to a warm
+worker subprocess (`pool.py`) with a hard deadline, where two readers decide: tiplight's structural,
+exact-first comparison of the extracted answer, then Math-Verify's own extraction and comparison of
+the whole response under tiplight's guards (`mathverify.py`). Either accept counts; a timeout or any
+failure grades False. No text is ever evaluated.
+
+As an RL reward: `grade` is deterministic for a given (response, gold) as long as no comparison hits
+its timeout (each is retried once on a warm worker first; keep `timeout` >= 2 s so that load does
+not flip verdicts). It never accepts a list for a single gold (`1,1,1` for `1`), a partial answer to
+a find-all gold, a restated inequality for a gold interval's inequality question, complex infinity
+or nan, decimals that are not the gold to the digits given, or pred = gold x 100 for percents. It is
+lenient about notation (LaTeX or plain text, units, labels such as `x =`, `f(x) =`, `(p,q) =`), so a
+policy is not pushed towards one style; if you need to reward well-formed LaTeX, check it separately.
 """
 
 from __future__ import annotations
@@ -13,12 +24,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from tiplight.evals.equivalence import FastComparator, Undecided, equivalent
-from tiplight.evals.extract import extract_answer
+from tiplight.evals.equivalence import FastComparator, Undecided, equivalent, final_rejection
+from tiplight.evals.extract import MAX_SCAN, cut_template_tail, extract_answer
 from tiplight.evals.pool import get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
-_CACHE: OrderedDict[tuple[str, str], bool] = OrderedDict()
+SLACK_S = 0.9  # waiting for a warm worker, on top of the comparison's own timeout
+_CACHE: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 _CACHE_SIZE = 50_000
 _CACHE_LOCK = threading.Lock()
 
@@ -31,15 +43,20 @@ def gold_answer(gold: str) -> str:
 
 
 def fast_verdict(pred: str, gold: str) -> bool | None:
-    """The in-process verdict for an extracted pred vs a gold answer, or None when sympy is needed."""
+    """The in-process verdict for an extracted pred vs a gold answer, or None when a worker is needed.
+
+    True is final. False is final only when it is certain without another reading of the response:
+    both answers are plain numbers (exact comparison), or the gold is a word or choice answer.
+    """
     if pred.strip() == gold.strip():
         return True
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return False
     try:
-        return equivalent(pred, gold, FastComparator())
+        verdict = equivalent(pred, gold, FastComparator())
     except Undecided:
         return None
+    return True if verdict else (False if final_rejection(pred, gold) else None)
 
 
 def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
@@ -47,36 +64,40 @@ def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
     try:
         if isinstance(gold, (int, float)) and not isinstance(gold, bool):
             gold = str(gold)  # AIME-style integer golds
-        pred = extract_answer(response)
-        if pred is None or not isinstance(gold, str):
+        if not isinstance(response, str) or not isinstance(gold, str):
             return "", "", False
         gold = gold_answer(gold)
         if not gold:
-            return pred, gold, False
+            return "", gold, False
+        pred = extract_answer(response)
+        if pred is None:
+            return "", gold, None if response.strip() else False  # Math-Verify may still find one
         return pred, gold, fast_verdict(pred, gold)
     except Exception:  # a checker bug must cost one verdict, not a training run
         return "", "", False
 
 
-def _cached(key: tuple[str, str]) -> bool | None:
+def _cached(key: tuple[str, str, str]) -> bool | None:
     with _CACHE_LOCK:
         return _CACHE.get(key)
 
 
-def _remember(key: tuple[str, str], verdict: bool) -> None:
+def _remember(key: tuple[str, str, str], verdict: bool) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = verdict
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
 
 
-def _slow_verdict(pred: str, gold: str, timeout: float, started: float) -> bool:
-    """Worker verdict within `timeout` seconds of `started`; timeouts are False and not cached."""
-    key = (pred, gold)
+def _slow_verdict(response: str, pred: str, gold: str, timeout: float, deadline: float) -> bool:
+    """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
+    Timeouts are False and not cached."""
+    tail = cut_template_tail(response)[-MAX_SCAN:]
+    key = (tail, pred, gold)
     hit = _cached(key)
     if hit is not None:
         return hit
-    verdict = get_pool().run(pred, gold, started + timeout)
+    verdict = get_pool().run({"pred": pred, "gold": gold, "response": tail}, timeout, deadline)
     if verdict is None:
         return False
     _remember(key, verdict)
@@ -86,15 +107,15 @@ def _slow_verdict(pred: str, gold: str, timeout: float, started: float) -> bool:
 def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     """Is the final answer in `response` (a full model output or a bare answer) equivalent to `gold`?
 
-    Returns within `timeout` seconds (plus process start-up jitter), from any thread or process;
-    never raises; False on any failure or timeout.
+    Returns within `timeout` + 1 seconds, from any thread or process; never raises; False on any
+    failure or timeout. See the module docstring for when it is safe as an RL reward.
     """
-    started = time.monotonic()
+    deadline = time.monotonic() + timeout + SLACK_S
     pred, gold, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict
     try:
-        return _slow_verdict(pred, gold, timeout, started)
+        return _slow_verdict(response, pred, gold, timeout, deadline)
     except Exception:
         return False
 
@@ -104,25 +125,32 @@ def grade_many(
 ) -> list[bool]:
     """`grade` over pairs: fast paths in-process, the rest spread over a pool of worker processes.
 
-    `timeout` applies to each pair from the moment a worker is free for it.
+    `timeout` applies to each pair from the moment a warm worker takes it.
     """
     if len(responses) != len(golds):
         raise ValueError(
             f"grade_many got {len(responses)} responses but {len(golds)} golds; they must pair up."
         )
     prepared = [_prepare(r, g) for r, g in zip(responses, golds)]
-    verdicts = [v for _, _, v in prepared]
-    todo = sorted({(p, g) for p, g, v in prepared if v is None})
+    todo = sorted({(r, p, g) for r, (p, g, v) in zip(responses, prepared) if v is None})
+    slow: dict[tuple[str, str, str], bool] = {}
     if todo:
         pool = get_pool(num_workers)
 
-        def one(pair: tuple[str, str]) -> bool:
+        def one(item: tuple[str, str, str]) -> bool:
             try:
-                return _slow_verdict(pair[0], pair[1], timeout, time.monotonic())
+                return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + SLACK_S + 60.0)
             except Exception:
                 return False
 
         with ThreadPoolExecutor(max_workers=pool.size) as executor:
             slow = dict(zip(todo, executor.map(one, todo)))
-        verdicts = [slow[(p, g)] if v is None else v for p, g, v in prepared]
-    return [bool(v) for v in verdicts]
+    return [bool(slow[(r, p, g)] if v is None else v) for r, (p, g, v) in zip(responses, prepared)]
+
+
+def warmup() -> None:
+    """Start every grading worker and wait until each has imported sympy and Math-Verify (seconds).
+
+    Grading works without it; it moves the start-up cost out of the first timed grades.
+    """
+    get_pool().warmup()

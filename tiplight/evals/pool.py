@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import select
 import subprocess
 import sys
@@ -30,11 +29,12 @@ DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # each worker holds sympy (~150 M
 
 
 class Worker:
-    """One grading subprocess."""
+    """One grading subprocess; it imports everything at start and says `ready` before taking work."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tiplight.evals.pool"],
             stdin=subprocess.PIPE,
@@ -44,13 +44,10 @@ class Worker:
             bufsize=0,
         )
         self._buffer = b""
+        self.ready = False
 
-    def request(self, pred: str, gold: str, deadline: float) -> bool | None:
-        """Send one comparison; its verdict, or None on timeout or a dead worker."""
-        try:
-            self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode() + b"\n")
-        except (BrokenPipeError, OSError):
-            return None
+    def _read_line(self, deadline: float) -> dict | None:
+        """The next reply line, or None on timeout or a dead worker."""
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
@@ -61,7 +58,23 @@ class Worker:
                 return None
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        reply = json.loads(line)
+        return json.loads(line)
+
+    def wait_ready(self, deadline: float) -> bool:
+        """Wait (until `deadline`) for the worker's imports to finish."""
+        if not self.ready:
+            self.ready = bool((self._read_line(deadline) or {}).get("ready"))
+        return self.ready
+
+    def request(self, payload: dict, deadline: float) -> bool | None:
+        """Send one comparison; its verdict, or None on timeout or a dead worker."""
+        try:
+            self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
+        except (BrokenPipeError, OSError):
+            return None
+        reply = self._read_line(deadline)
+        if reply is None:
+            return None
         for note in reply.get("notes", ()):
             logger.debug("grader: %s", note)
         return bool(reply["ok"])
@@ -75,59 +88,82 @@ class Worker:
 
 
 class WorkerPool:
-    """Up to `size` workers, shared by any number of threads."""
+    """`size` workers shared by any number of threads, all started (warming) when the pool is made.
+
+    A comparison's clock starts when a warm worker takes it: start-up and queueing are never charged to
+    a verdict, only to the caller's overall deadline. A comparison that overruns is retried once on
+    another warm worker while the overall deadline allows; the overrunning worker is killed and a
+    replacement starts warming at once.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
-        self._idle: queue.Queue[Worker] = queue.LifoQueue()
-        self._lock = threading.Lock()
-        self._count = 0
+        self._idle: list[Worker] = []
+        self._cond = threading.Condition()
         self.replaced = 0
+        self.retried = 0
+        for _ in range(self.size):
+            self._idle.append(Worker())
 
     def _checkout(self, deadline: float) -> Worker | None:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._count < self.size:
-                self._count += 1
-                return Worker()
-        try:
-            return self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
+        """A warm idle worker if there is one, else any idle worker (waited for), else None at deadline."""
+        with self._cond:
+            while not self._idle:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            warm = [w for w in self._idle if w.ready]
+            worker = warm[-1] if warm else self._idle[0]
+            self._idle.remove(worker)
+        if worker.wait_ready(deadline):
+            return worker
+        self._checkin(worker)  # still warming at the deadline: keep it for the next caller
+        return None
 
-    def run(self, pred: str, gold: str, deadline: float) -> bool | None:
-        """Compare in a worker before `deadline` (time.monotonic); None when it did not finish."""
-        worker = self._checkout(deadline)
-        if worker is None:
-            return None
-        verdict = worker.request(pred, gold, deadline)
-        if verdict is None:  # overran or died: replace it now, never wait for it
-            logger.debug("grader: worker timed out or died on %r vs %r; replacing it", pred[:80], gold[:80])
-            worker.kill()
-            self.replaced += 1
-            self._idle.put(Worker())
-        else:
-            self._idle.put(worker)
-        return verdict
+    def _checkin(self, worker: Worker) -> None:
+        with self._cond:
+            self._idle.append(worker)
+            self._cond.notify()
 
-    def warmup(self) -> None:
-        """Start every worker now (each imports sympy, ~1 s) so the first grades are not slowed."""
-        with self._lock:
-            while self._count < self.size:
-                self._count += 1
-                self._idle.put(Worker())
+    def _replace(self, worker: Worker) -> None:
+        worker.kill()
+        self.replaced += 1
+        self._checkin(Worker())
+
+    def run(self, payload: dict, timeout: float, deadline: float) -> bool | None:
+        """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun,
+        never past `deadline` (time.monotonic). None when no attempt finished."""
+        for attempt in range(2):
+            worker = self._checkout(deadline)
+            if worker is None:
+                return None
+            verdict = worker.request(payload, min(time.monotonic() + timeout, deadline))
+            if verdict is not None:
+                self._checkin(worker)
+                return verdict
+            logger.debug("grader: worker overran on %r; replacing it", str(payload.get("pred"))[:80])
+            self._replace(worker)
+            self.retried += attempt == 0
+        return None
+
+    def warmup(self, timeout: float = 120.0) -> None:
+        """Wait until every worker has finished its imports (a few seconds each on a loaded machine)."""
+        deadline = time.monotonic() + timeout
+        held = []
+        for _ in range(self.size):
+            worker = self._checkout(deadline)
+            if worker is not None:
+                held.append(worker)
+        for worker in held:
+            self._checkin(worker)
 
     def close(self) -> None:
         """Kill all idle workers."""
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                break
-        self._count = 0
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
 
 
 _POOL: WorkerPool | None = None
@@ -142,7 +178,10 @@ def get_pool(size: int | None = None) -> WorkerPool:
         if _POOL is None or os.getpid() != _POOL_PID:
             _POOL, _POOL_PID = WorkerPool(size or DEFAULT_WORKERS), os.getpid()
         elif size and size > _POOL.size:
-            _POOL.size = size
+            with _POOL._cond:
+                _POOL._idle += [Worker() for _ in range(size - _POOL.size)]
+                _POOL.size = size
+                _POOL._cond.notify_all()
         return _POOL
 
 
@@ -155,7 +194,7 @@ atexit.register(_shutdown)
 
 
 def _serve() -> None:
-    """Worker main loop: one JSON request per line in, one verdict per line out."""
+    """Worker main loop: imports first, then `ready`, then one JSON request per line in, one verdict out."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
     try:
@@ -165,13 +204,18 @@ def _serve() -> None:
     except (ImportError, ValueError, OSError):
         pass
     from tiplight.evals.equivalence import equivalent
-    from tiplight.evals.symbolic import SympyComparator
+    from tiplight.evals.mathverify import verdict as math_verify_verdict
+    from tiplight.evals.symbolic import SympyComparator, warm_imports
 
+    warm_imports()
+    out.write(b'{"ready": true}\n')
     for line in sys.stdin.buffer:
         comparator = SympyComparator()
         try:
             request = json.loads(line)
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
+            if not ok and request.get("response"):
+                ok = math_verify_verdict(request["response"], request["gold"])
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False
             comparator.notes.append(f"{type(exc).__name__}: {str(exc)[:100]}")

@@ -1,0 +1,121 @@
+"""Math-Verify's extraction and parsing as the checker's second reader, with tiplight's guards.
+
+Runs only inside a grading worker (`pool.py`): Math-Verify's regex extraction and sympy work are not
+linear-time on hostile text, and its own timeouts use `signal.alarm`, which works on the main thread
+only. Here they are disabled (`parsing_timeout=None`, `timeout_seconds=None`) and the parent's deadline
+kills the worker instead.
+
+`math_verify.parse` reads the full response (boxes joined by words, "Final Answer: the largest $n$ is
+34" sentences, assignments, ASCII relations, `\\sec^2(y)`, units and percent words) and `verify`
+compares. Its accept counts only when none of the known wrong-accept patterns applies:
+complex infinity or nan on either side, `\\ldots` sequences, a multi-item answer against a single
+gold, a bare expression against a gold equation `y = ...`, and exact constants that agree only to a
+few digits (1/2004! vs 1/2006!: Math-Verify's `evalf(chop)` calls both 0).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tiplight.evals.normalize import clean
+from tiplight.evals.parse import parse_node
+
+logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+_ELLIPSIS = ("\\ldots", "\\cdots", "\\dots", "...", "…")
+_PRECISION = 60
+
+
+def _configs():
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def parse_gold(gold: str) -> list:
+    """Math-Verify's reading of a gold answer: bare LaTeX is boxed first (a bare `\\dfrac{1}{3}` reads
+    as nothing otherwise); a gold with its own delimiters or box is read as written."""
+    from math_verify import parse
+
+    wrapped = gold if any(t in gold for t in ("$", "\\boxed", "\\(", "\\[")) else "\\boxed{" + gold + "}"
+    return parse(wrapped, _configs(), parsing_timeout=None)
+
+
+def parse_response(response: str) -> list:
+    """Math-Verify's reading of a model output (its extraction cascade; the last answer wins)."""
+    from math_verify import parse
+
+    return parse(response, _configs(), parsing_timeout=None)
+
+
+def verdict(response: str, gold: str) -> bool:
+    """Math-Verify's accept of `response` against `gold`, vetoed by the guards in the module docstring."""
+    from math_verify import verify
+
+    g, p = parse_gold(gold), parse_response(response)
+    if len(g) < 2 or len(p) < 2:
+        return False
+    (g_expr, g_text), (p_expr, p_text) = g[:2], p[:2]
+    if any(t in s for s in (g_text, p_text, gold) for t in _ELLIPSIS):
+        return False
+    if _degenerate(g_expr) or _degenerate(p_expr) or not _shapes_agree(p_text, g_text):
+        return False
+    if not verify([g_expr], [p_expr], timeout_seconds=None):
+        return False
+    return _constants_agree(p_expr, g_expr)
+
+
+def _degenerate(expr) -> bool:
+    """Complex infinity or nan anywhere: `1:00` and `12:00` both read as zoo, and zoo == zoo."""
+    from sympy import Basic, S
+
+    items = expr if isinstance(expr, (list, tuple, set, frozenset)) else [expr]
+    return any(isinstance(e, Basic) and (e.has(S.ComplexInfinity) or e.has(S.NaN)) for e in items)
+
+
+def _shapes_agree(p_text: str, g_text: str) -> bool:
+    """A single gold needs a single answer (`1,1,1` reads as {1}: not an answer to "1"), and a gold
+    equation with a single-letter left side and a variable right side (`y = 2x+3`, a line) needs an
+    equation, not its right side."""
+    p, g = parse_node(clean(p_text)), parse_node(clean(g_text))
+    if g.kind in ("scalar", "bracket") and p.kind in ("list", "set") and len(p.items) > 1:
+        return False
+    if g.kind == "relation" and g.ops == ("=",) and p.kind != "relation":
+        lhs, rhs = g.items
+        letter_lhs = lhs.kind == "scalar" and len(lhs.text) == 1 and lhs.text.isalpha()
+        if letter_lhs and _has_free_letter(rhs.text):
+            return False
+    return True
+
+
+def _has_free_letter(text: str) -> bool:
+    """A letter outside LaTeX command names (`2x+3`, not `\\frac{\\pi}{2}`)."""
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] == "\\":
+            i += 1
+            while i < n and text[i].isalpha():
+                i += 1
+            continue
+        if text[i].isalpha() and text[i] != "e":
+            return True
+        i += 1
+    return False
+
+
+def _constants_agree(p, g) -> bool:
+    """Exact constants (no floats, no symbols) must agree to `_PRECISION` digits relative to their size;
+    Math-Verify's chop reads any two tiny values as equal."""
+    from sympy import Expr, Float
+
+    if not (isinstance(p, Expr) and isinstance(g, Expr)):
+        return True
+    if p.free_symbols or g.free_symbols or p.atoms(Float) or g.atoms(Float):
+        return True
+    try:
+        pv, gv = p.evalf(_PRECISION), g.evalf(_PRECISION)
+        scale = max(abs(pv), abs(gv))
+        if scale == 0:
+            return True
+        return bool(abs(pv - gv) <= scale * 10 ** (10 - _PRECISION))
+    except (TypeError, ValueError, ArithmeticError):
+        return False
