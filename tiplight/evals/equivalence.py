@@ -19,6 +19,8 @@ _SYMBOL = re.compile(r"[A-Za-z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _FLIP = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le", "=": "=", "\\ne": "\\ne"}
 MAX_ITEMS = 64
+_SUBSCRIPT = re.compile(r"_\{[^{}]{0,20}\}|_[0-9A-Za-z]")
+_LABEL = re.compile(r"(?:\\[A-Za-z]+|[A-Za-z(),|:{} ])+")
 _CHOICE = re.compile(r"\(([A-E])\)")
 _CHOICE_PREFIX = re.compile(r"\(?([A-Ea-e])(?:\)|$)")
 
@@ -161,6 +163,16 @@ def _match_multiset(ps: tuple[Node, ...], gs: tuple[Node, ...], cmp: Comparator)
     return True
 
 
+def _is_inequality(n: Node) -> bool:
+    return n.kind == "relation" and bool(n.ops) and all(o in ("<", ">", "\\le", "\\ge") for o in n.ops)
+
+
+def _is_label(n: Node) -> bool:
+    """A name for the answer rather than a quantity: `x`, `f(x)`, `(p,q)`, `|AB|`, `A:B`, `a_1`, `\\angle A`."""
+    text = _SUBSCRIPT.sub("", n.text)
+    return bool(text) and bool(_LABEL.fullmatch(text)) and bool(re.search(r"[A-Za-z]", text))
+
+
 def _is_symbol(n: Node) -> bool:
     return n.kind == "scalar" and bool(_SYMBOL.fullmatch(n.text))
 
@@ -172,9 +184,14 @@ def _is_constant(n: Node) -> bool:
 
 def _match_relation(p: Node, g: Node, cmp: Comparator) -> bool:
     gl = g.items
-    if g.ops == ("=",) and _is_symbol(gl[0]) and _is_constant(gl[1]) and p.kind != "relation":
-        return match(p, gl[1], cmp)  # gold "x = 5" asks for the value of x; pred "5" states it
-    if g.ops and g.ops[0] in ("<", ">", "\\le", "\\ge") and p.kind in ("bracket", "union"):
+    if g.ops == ("=",) and p.kind != "relation" and _is_label(gl[0]):
+        # gold "x = 5", "f(x) = 1", "(p,q) = (3,2)", "|AB| = 1" asks for the value; pred "5" states it.
+        # Not "y = 2x + 3": a single letter equal to an expression in other letters is an equation.
+        if _is_constant(gl[1]) or not _is_symbol(gl[0]):
+            return match(p, gl[1], cmp)
+    if p.kind == "relation" and p.ops == ("\\in",) and _is_inequality(g):
+        p = p.items[-1]  # "x \in [1, 2]" against "1 \le x \le 2"
+    if _is_inequality(g) and p.kind in ("bracket", "union"):
         interval = inequality_to_interval(g)
         return interval is not None and match(p, interval, cmp)
     if p.kind != "relation" or len(p.ops) != len(g.ops):

@@ -16,13 +16,16 @@ few digits (1/2004! vs 1/2006!: Math-Verify's `evalf(chop)` calls both 0).
 from __future__ import annotations
 
 import logging
+import re
 
 from tiplight.evals.normalize import clean
 from tiplight.evals.parse import parse_node
+from tiplight.evals.symbolic import degenerate
 
 logging.getLogger("math_verify").setLevel(logging.CRITICAL)
 _ELLIPSIS = ("\\ldots", "\\cdots", "\\dots", "...", "…")
 _PRECISION = 60
+_SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-DF-HJ-Za-df-hj-z](?![A-Za-z])")  # not e, i
 
 
 def _configs():
@@ -47,29 +50,52 @@ def parse_response(response: str) -> list:
     return parse(response, _configs(), parsing_timeout=None)
 
 
-def verdict(response: str, gold: str) -> bool:
-    """Math-Verify's accept of `response` against `gold`, vetoed by the guards in the module docstring."""
+def verdict(response: str, gold: str, pred: str = "", settled: bool = False) -> bool:
+    """Math-Verify's accept of `response` against `gold`, vetoed by the guards in the module docstring.
+
+    `pred` is tiplight's own reading of the response and `settled` says tiplight parsed both answers
+    and rejected them: then Math-Verify is heard only when it reads a different answer in the text
+    (tiplight's exact comparison of the same two answers stands).
+    """
     from math_verify import verify
 
     g, p = parse_gold(gold), parse_response(response)
     if len(g) < 2 or len(p) < 2:
         return False
     (g_expr, g_text), (p_expr, p_text) = g[:2], p[:2]
+    if settled and _within(p_text, pred) and _within(g_text, gold):
+        return False
     if any(t in s for s in (g_text, p_text, gold) for t in _ELLIPSIS):
         return False
     if _degenerate(g_expr) or _degenerate(p_expr) or not _shapes_agree(p_text, g_text):
+        return False
+    if _lost_symbol(p_text, p_expr) or _lost_symbol(g_text, g_expr):
         return False
     if not verify([g_expr], [p_expr], timeout_seconds=None):
         return False
     return _constants_agree(p_expr, g_expr)
 
 
-def _degenerate(expr) -> bool:
-    """Complex infinity or nan anywhere: `1:00` and `12:00` both read as zoo, and zoo == zoo."""
-    from sympy import Basic, S
+def _lost_symbol(text: str, expr) -> bool:
+    """A single letter in the answer that the parse dropped as a unit (`4m` read as 4)."""
+    from sympy import Basic
 
+    if not isinstance(expr, Basic) or expr.free_symbols:
+        return False
+    return bool(_SINGLE_LETTER.search(re.sub(r"\\[A-Za-z]+", " ", clean(text))))
+
+
+def _within(theirs: str, ours: str) -> bool:
+    """Math-Verify read the same answer as tiplight, or a part of it (`4` of `4m`: it dropped the
+    letter as a unit), up to spacing and wrappers."""
+    theirs, ours = clean(theirs).replace(" ", ""), clean(ours).replace(" ", "")
+    return bool(theirs) and theirs in ours
+
+
+def _degenerate(expr) -> bool:
+    """Complex infinity or nan anywhere (in any item of a list): `1:00` and `12:00` both read as zoo."""
     items = expr if isinstance(expr, (list, tuple, set, frozenset)) else [expr]
-    return any(isinstance(e, Basic) and (e.has(S.ComplexInfinity) or e.has(S.NaN)) for e in items)
+    return any(degenerate(e) for e in items)
 
 
 def _shapes_agree(p_text: str, g_text: str) -> bool:

@@ -215,7 +215,8 @@ def _serve() -> None:
             request = json.loads(line)
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
             if not ok and request.get("response"):
-                ok = math_verify_verdict(request["response"], request["gold"])
+                settled = not comparator.unsure
+                ok = math_verify_verdict(request["response"], request["gold"], request["pred"], settled)
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False
             comparator.notes.append(f"{type(exc).__name__}: {str(exc)[:100]}")

@@ -18,9 +18,12 @@ MAX_LEN = 400  # characters of one scalar; longer strings are compared as string
 MAX_EXPONENT = 10_000
 MAX_FACTORIAL = 3_000
 MAX_DEPTH = 24
+NUMERIC_DIGITS = 100
+AGREE = 1e-80  # relative agreement of two exact constants at NUMERIC_DIGITS digits that counts as equal
 _DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
 _MIXED = re.compile(r"(?<![\d.}^_)])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
-_IMPLICIT_PRODUCT = re.compile(r"(?<=[\d)])\s*\((?!\s*\))")
+# `2(x)` and `)(` are products; `\sec^2(y)` is a power of a function applied to (y)
+_IMPLICIT_PRODUCT = re.compile(r"(?<=[\d)])(?<!\^\d)\s*\((?!\s*\))")
 _EXPONENT = re.compile(r"\^\s*(\{|\d+|\\?[A-Za-z]+)")
 _FACTORIAL = re.compile(r"(\d+)\s*!")
 _BIG_INT = re.compile(r"\d{60,}")
@@ -106,6 +109,7 @@ class SympyComparator(FastComparator):
 
     def __init__(self) -> None:
         self.notes: list[str] = []  # why a comparison failed (parse errors, refusals), for logging
+        self.unsure = False  # a side could not be parsed or was refused: the rejection is not settled
 
     def _parse_pair(self, pred: str, gold: str):
         """Both sides parsed, or (None, None) with a note naming the string that did not parse."""
@@ -115,6 +119,7 @@ class SympyComparator(FastComparator):
                 parsed.append(to_sympy(side))
             except Exception as exc:  # the grammar raises bare Exceptions on malformed input
                 self.notes.append(f"unparsable {side[:80]!r}: {str(exc).splitlines()[0][:80]}")
+                self.unsure = True
                 return None, None
         return parsed[0], parsed[1]
 
@@ -122,6 +127,7 @@ class SympyComparator(FastComparator):
         """Both sides parsed by sympy, or None when either is too costly (noted) or unparsable."""
         if too_costly(pred) or too_costly(gold):
             self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
+            self.unsure = True
             return None
         p, g = self._parse_pair(pred, gold)
         return None if p is None or g is None else (p, g)
@@ -157,25 +163,34 @@ def _equal(p, g, pred: str, gold: str) -> bool:
     """Decide p == g for parsed sympy objects; see `SympyComparator`."""
     from sympy import Expr, simplify
 
+    if not isinstance(p, Expr) or not isinstance(g, Expr):
+        return p == g
+    if degenerate(p) or degenerate(g):
+        return False  # complex infinity and nan equal nothing: `1:00` vs `12:00`, 1/0 vs 2/0
     if p == g:
         return True
-    if not isinstance(p, Expr) or not isinstance(g, Expr):
-        return False
     if p.free_symbols or g.free_symbols:
         return _equal_symbolic(p, g)
     p_dec, g_dec = _decimal_digits(pred), _decimal_digits(gold)
     if p_dec is not None or g_dec is not None:
         return _equal_approx(p, g, pred, gold, p_dec, g_dec)
-    pv, gv = p.evalf(60), g.evalf(60)
+    pv, gv = p.evalf(NUMERIC_DIGITS), g.evalf(NUMERIC_DIGITS)
     finite = pv.is_number and gv.is_number and pv.is_finite and gv.is_finite
     scale = max(abs(pv), abs(gv)) if finite else 0
     if finite and abs(pv - gv) > scale * 1e-20:
         return False  # clearly different values (relative, so 1/2004! != 1/2006!): skip simplify
+    if finite and scale != 0 and not (g.is_zero or p.is_zero) and abs(pv - gv) <= scale * AGREE:
+        return True  # equal to 80 digits: decided before `simplify`, which can take seconds on radicals
     if simplify(p - g) == 0:
         return True
-    if not finite or g.is_zero or p.is_zero:
-        return False  # exact zero on one side only: numerics would accept 1/2004! for 0
-    return bool(scale != 0 and abs(pv - gv) <= scale * 1e-40)
+    return False
+
+
+def degenerate(expr) -> bool:
+    """Complex infinity or nan anywhere in a sympy object."""
+    from sympy import Basic, S
+
+    return isinstance(expr, Basic) and (expr.has(S.ComplexInfinity) or expr.has(S.NaN))
 
 
 def _decimal_digits(s: str) -> int | None:
