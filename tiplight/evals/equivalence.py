@@ -163,6 +163,11 @@ def _match_multiset(ps: tuple[Node, ...], gs: tuple[Node, ...], cmp: Comparator)
     return True
 
 
+def _is_chain(n: Node) -> bool:
+    """`x = a` or `x = a = b = c`: a worked value, whose last member is the value stated."""
+    return n.kind == "relation" and bool(n.ops) and set(n.ops) == {"="}
+
+
 def _is_inequality(n: Node) -> bool:
     return n.kind == "relation" and bool(n.ops) and all(o in ("<", ">", "\\le", "\\ge") for o in n.ops)
 
@@ -189,6 +194,8 @@ def _match_relation(p: Node, g: Node, cmp: Comparator) -> bool:
         # Not "y = 2x + 3": a single letter equal to an expression in other letters is an equation.
         if _is_constant(gl[1]) or not _is_symbol(gl[0]):
             return match(p, gl[1], cmp)
+    if _is_chain(p) and _is_chain(g) and _is_label(g.items[0]) and p.items[0].text == g.items[0].text:
+        return match(p.items[-1], g.items[-1], cmp)  # "x = 5+5+1 = 11" states x = 11
     if p.kind == "relation" and p.ops == ("\\in",) and _is_inequality(g):
         p = p.items[-1]  # "x \in [1, 2]" against "1 \le x \le 2"
     if _is_inequality(g) and p.kind in ("bracket", "union"):

@@ -28,7 +28,7 @@ _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
 _DOLLAR = re.compile(r"(?<!\\)\$\$?")
 _PAREN_MATH = re.compile(r"\\\((.{1,300}?)\\\)")
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?![\w.]\d)")
+_NUMBER = re.compile(r"(?<![\w./])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?:/\d+)?(?![\w./]\d)")
 _NUMBER_LIST_GAP = re.compile(r",[ \t]?$")  # "1, 1, 1": a list, not its last number
 _VERB = re.compile(r"\b(?:is|are|equals|be|was|were|gives|becomes|get)\b")
 _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
@@ -116,7 +116,7 @@ def _statement_value(answer: str) -> str:
         return answer
     verbs = list(_VERB.finditer(answer))
     tail = answer[verbs[-1].end() :].strip() if verbs else answer
-    math = _last_inline_math(tail) or _last_inline_math(answer)
+    math = _last_inline_math(tail)  # "the largest $n$ is 34": not the $n$ before the verb
     if math:
         return math[2]
     if tail and len(_PROSE_WORD.findall(tail)) <= 1 and len(tail) <= 80:

@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tiplight.evals.equivalence import FastComparator, Undecided, equivalent, final_rejection
-from tiplight.evals.extract import MAX_SCAN, cut_template_tail, extract_answer
+from tiplight.evals.extract import cut_template_tail, extract_answer
 from tiplight.evals.pool import get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
-SLACK_S = 0.9  # waiting for a warm worker, on top of the comparison's own timeout
+MATH_VERIFY_SCAN = 10_000  # characters from the end of a response that Math-Verify reads (its final answer)
+SLACK_S = 0.75  # waiting for a warm worker, on top of the comparison's own timeout
 _CACHE: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 _CACHE_SIZE = 50_000
 _CACHE_LOCK = threading.Lock()
@@ -92,7 +93,7 @@ def _remember(key: tuple[str, str, str], verdict: bool) -> None:
 def _slow_verdict(response: str, pred: str, gold: str, timeout: float, deadline: float) -> bool:
     """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
     Timeouts are False and not cached."""
-    tail = cut_template_tail(response)[-MAX_SCAN:]
+    tail = cut_template_tail(response)[-MATH_VERIFY_SCAN:]
     key = (tail, pred, gold)
     hit = _cached(key)
     if hit is not None:
@@ -111,6 +112,7 @@ def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     failure or timeout. See the module docstring for when it is safe as an RL reward.
     """
     deadline = time.monotonic() + timeout + SLACK_S
+    get_pool()  # the first call starts the workers warming, even when its own verdict needs none
     pred, gold, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict

@@ -25,6 +25,7 @@ from tiplight.evals.symbolic import degenerate
 logging.getLogger("math_verify").setLevel(logging.CRITICAL)
 _ELLIPSIS = ("\\ldots", "\\cdots", "\\dots", "...", "…")
 _PRECISION = 60
+MAX_DEPTH = 40  # bracket nesting beyond which Math-Verify is not asked
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-DF-HJ-Za-df-hj-z](?![A-Za-z])")  # not e, i
 
 
@@ -59,6 +60,8 @@ def verdict(response: str, gold: str, pred: str = "", settled: bool = False) -> 
     """
     from math_verify import verify
 
+    if max_depth(response) > MAX_DEPTH or max_depth(gold) > MAX_DEPTH:
+        return False  # degenerate nesting: the grammar's recursion would only burn the time limit
     g, p = parse_gold(gold), parse_response(response)
     if len(g) < 2 or len(p) < 2:
         return False
@@ -83,6 +86,18 @@ def _lost_symbol(text: str, expr) -> bool:
     if not isinstance(expr, Basic) or expr.free_symbols:
         return False
     return bool(_SINGLE_LETTER.search(re.sub(r"\\[A-Za-z]+", " ", clean(text))))
+
+
+def max_depth(text: str) -> int:
+    """Deepest bracket nesting in `text` (one linear pass)."""
+    depth = peak = 0
+    for c in text:
+        if c in "({[":
+            depth += 1
+            peak = max(peak, depth)
+        elif c in ")}]":
+            depth = max(0, depth - 1)
+    return peak
 
 
 def _within(theirs: str, ours: str) -> bool:

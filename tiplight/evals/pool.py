@@ -25,7 +25,9 @@ from pathlib import Path
 logger = logging.getLogger("tiplight.evals")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
-DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # each worker holds sympy (~150 MB); most grades never need one
+# each worker holds sympy and Math-Verify (~200 MB, idle unless asked); at least 4, so that two workers
+# killed by one overrunning comparison (and its retry) leave warm ones while their replacements start
+DEFAULT_WORKERS = min(8, max(4, os.cpu_count() or 1))
 
 
 class Worker:
@@ -127,9 +129,15 @@ class WorkerPool:
             self._cond.notify()
 
     def _replace(self, worker: Worker) -> None:
-        worker.kill()
+        """Kill an overrunning worker and start a replacement, off the caller's path (no reaping wait)."""
+        worker.proc.kill()
         self.replaced += 1
-        self._checkin(Worker())
+
+        def reap_and_restart() -> None:
+            worker.kill()
+            self._checkin(Worker())
+
+        threading.Thread(target=reap_and_restart, daemon=True).start()
 
     def run(self, payload: dict, timeout: float, deadline: float) -> bool | None:
         """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun,
@@ -214,7 +222,7 @@ def _serve() -> None:
         try:
             request = json.loads(line)
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
-            if not ok and request.get("response"):
+            if not ok and request.get("response") and not comparator.refused:
                 settled = not comparator.unsure
                 ok = math_verify_verdict(request["response"], request["gold"], request["pred"], settled)
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"

@@ -109,7 +109,8 @@ class SympyComparator(FastComparator):
 
     def __init__(self) -> None:
         self.notes: list[str] = []  # why a comparison failed (parse errors, refusals), for logging
-        self.unsure = False  # a side could not be parsed or was refused: the rejection is not settled
+        self.unsure = False  # a side could not be parsed: the rejection is not settled
+        self.refused = False  # a side is too costly to evaluate: no other reader is asked either
 
     def _parse_pair(self, pred: str, gold: str):
         """Both sides parsed, or (None, None) with a note naming the string that did not parse."""
@@ -127,7 +128,7 @@ class SympyComparator(FastComparator):
         """Both sides parsed by sympy, or None when either is too costly (noted) or unparsable."""
         if too_costly(pred) or too_costly(gold):
             self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
-            self.unsure = True
+            self.refused = True
             return None
         p, g = self._parse_pair(pred, gold)
         return None if p is None or g is None else (p, g)
@@ -151,12 +152,43 @@ class SympyComparator(FastComparator):
         if pair is None or not hasattr(pair[0], "free_symbols") or pair[1] == 0:
             return False
         p, g = pair
-        from sympy import simplify
+        ratio = _numeric_ratio(p, g)
+        if ratio is None:  # not evaluable at points: decide symbolically
+            from sympy import simplify
 
-        ratio = simplify(p / g)
-        if ratio.free_symbols or ratio == 0 or not ratio.is_finite:
-            return False
-        return bool(ratio.is_positive) if positive else True
+            exact = simplify(p / g)
+            if exact.free_symbols or exact == 0 or not exact.is_finite:
+                return False
+            return bool(exact.is_positive) if positive else True
+        return ratio != 0 and (ratio.real > 0 if positive else True)
+
+
+def _points(symbols, n: int = 6):
+    """`n` reproducible random points (values in ±[0.3, 3]) for the given symbols."""
+    rng = random.Random(0)
+    for _ in range(n):
+        yield {s: rng.choice([-1, 1]) * rng.uniform(0.3, 3.0) for s in symbols}
+
+
+def _numeric_ratio(p, g) -> complex | float | None:
+    """p / g when it is the same constant at random points (0 when it is not), None when the
+    expressions cannot be evaluated there. Decides linear and quadratic equations in milliseconds,
+    where `simplify` of the ratio takes a large share of a second."""
+    symbols = sorted(p.free_symbols | g.free_symbols, key=lambda s: s.name)
+    first = None
+    for point in _points(symbols):
+        try:
+            pv, gv = complex(p.evalf(30, subs=point)), complex(g.evalf(30, subs=point))
+        except (TypeError, ValueError):
+            return None
+        if abs(gv) < 1e-12:
+            return None
+        ratio = pv / gv
+        if first is None:
+            first = ratio
+        elif abs(ratio - first) > 1e-9 * max(1.0, abs(first)):
+            return 0
+    return first
 
 
 def _equal(p, g, pred: str, gold: str) -> bool:
@@ -216,10 +248,8 @@ def _equal_symbolic(p, g) -> bool:
     `simplify` when the symbols differ (they can only be equal if the extra ones cancel)."""
     from sympy import simplify
 
-    rng = random.Random(0)
     symbols = sorted(p.free_symbols | g.free_symbols, key=lambda s: s.name)
-    for _ in range(6):
-        point = {s: rng.choice([-1, 1]) * rng.uniform(0.3, 3.0) for s in symbols}
+    for point in _points(symbols):
         try:
             pv, gv = complex(p.evalf(30, subs=point)), complex(g.evalf(30, subs=point))
         except (TypeError, ValueError):
