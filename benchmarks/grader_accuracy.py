@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tiplight.evals import grade, warmup
+from tiplight.evals.pool import get_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {
@@ -112,6 +113,9 @@ def main() -> None:
                 details.append(
                     f"  [{who}] expected={r['expected']} gold={r['gold'][:70]!r} response={r['response'][-90:]!r}"
                 )
+    pool = get_pool()
+    details.append(f"grading workers: {pool.size}; comparisons that overran: {pool.replaced} "
+                   f"(retried on a warm worker: {pool.retried})")  # fmt: skip
     print("\n" + "\n".join(details))
 
 

@@ -125,8 +125,10 @@ def match(p: Node, g: Node, cmp: Comparator) -> bool:
         return p.kind == "scalar" and cmp.scalar(p.text, g.text)
     if g.kind == "relation":
         return _match_relation(p, g, cmp)
+    if g.kind == "list" and p.kind == "bracket" and _assignments(g):  # gold "p=5, q=2", pred "(5, 2)"
+        return _match_ordered(p.items, tuple(item.items[-1] for item in g.items), cmp)
     if g.kind in ("set", "list", "pm"):
-        return p.kind in ("set", "list", "pm") and _match_multiset(p.items, g.items, cmp)
+        return p.kind in ("set", "list", "pm") and _match_multiset(_distinct_tuples(p.items), g.items, cmp)
     if g.kind == "union":
         return p.kind == "union" and _match_multiset(p.items, g.items, cmp)
     if g.kind == "bracket":
@@ -161,6 +163,22 @@ def _match_multiset(ps: tuple[Node, ...], gs: tuple[Node, ...], cmp: Comparator)
             return False
         unused.pop(hit)
     return True
+
+
+def _assignments(n: Node) -> bool:
+    """`p=5, q=2`: a list of values each named by a label."""
+    return all(_is_chain(item) and len(item.ops) == 1 and _is_label(item.items[0]) for item in n.items)
+
+
+def _distinct_tuples(items: tuple[Node, ...]) -> tuple[Node, ...]:
+    """A solution set of tuples listed with a repeat (`(3,17,3,7), ..., (3, 17, 3, 7)`) is the set;
+    repeated numbers are kept (`1, 2, 2` is not the answer `1, 2`: multiplicities may be the point)."""
+    if not items or any(item.kind != "bracket" for item in items):
+        return items
+    seen: dict[str, Node] = {}
+    for item in items:
+        seen.setdefault(item.text.replace(" ", ""), item)
+    return tuple(seen.values())
 
 
 def _is_chain(n: Node) -> bool:
@@ -226,9 +244,9 @@ def inequality_to_interval(g: Node) -> Node | None:
         return _two_sided(items, ops, strict)
     if len(ops) != 1 or ops[0] not in strict:
         return None
-    if _is_symbol(items[0]):
+    if _is_label(items[0]):
         op, bound = ops[0], items[1]
-    elif _is_symbol(items[1]):
+    elif _is_label(items[1]):
         op, bound = _FLIP[ops[0]], items[0]
     else:
         return None
@@ -241,7 +259,7 @@ def inequality_to_interval(g: Node) -> Node | None:
 
 
 def _two_sided(items: tuple[Node, ...], ops: tuple[str, ...], strict: dict[str, bool]) -> Node | None:
-    if ops[0] not in ("<", "\\le") or ops[1] not in ("<", "\\le") or not _is_symbol(items[1]):
+    if ops[0] not in ("<", "\\le") or ops[1] not in ("<", "\\le") or not _is_label(items[1]):
         return None
     return Node(
         "bracket",

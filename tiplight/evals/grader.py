@@ -67,13 +67,13 @@ def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
             gold = str(gold)  # AIME-style integer golds
         if not isinstance(response, str) or not isinstance(gold, str):
             return "", "", False
-        gold = gold_answer(gold)
-        if not gold:
-            return "", gold, False
+        answer = gold_answer(gold)
+        if not answer:
+            return "", answer, False
         pred = extract_answer(response)
         if pred is None:
-            return "", gold, None if response.strip() else False  # Math-Verify may still find one
-        return pred, gold, fast_verdict(pred, gold)
+            return "", answer, None if response.strip() else False  # Math-Verify may still find one
+        return pred, answer, fast_verdict(pred, answer)
     except Exception:  # a checker bug must cost one verdict, not a training run
         return "", "", False
 
@@ -90,15 +90,18 @@ def _remember(key: tuple[str, str, str], verdict: bool) -> None:
             _CACHE.popitem(last=False)
 
 
-def _slow_verdict(response: str, pred: str, gold: str, timeout: float, deadline: float) -> bool:
+def _slow_verdict(
+    response: str, pred: str, answer: str, gold: str, timeout: float, deadline: float
+) -> bool:
     """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
-    Timeouts are False and not cached."""
+    `answer` is tiplight's reading of the `gold` string. Timeouts are False and not cached."""
     tail = cut_template_tail(response)[-MATH_VERIFY_SCAN:]
     key = (tail, pred, gold)
     hit = _cached(key)
     if hit is not None:
         return hit
-    verdict = get_pool().run({"pred": pred, "gold": gold, "response": tail}, timeout, deadline)
+    payload = {"pred": pred, "gold": answer, "raw_gold": gold, "response": tail}
+    verdict = get_pool().run(payload, timeout, deadline)
     if verdict is None:
         return False
     _remember(key, verdict)
@@ -113,11 +116,11 @@ def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     """
     deadline = time.monotonic() + timeout + SLACK_S
     get_pool()  # the first call starts the workers warming, even when its own verdict needs none
-    pred, gold, verdict = _prepare(response, gold)
+    pred, answer, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict
     try:
-        return _slow_verdict(response, pred, gold, timeout, deadline)
+        return _slow_verdict(response, pred, answer, str(gold), timeout, deadline)
     except Exception:
         return False
 
@@ -134,12 +137,13 @@ def grade_many(
             f"grade_many got {len(responses)} responses but {len(golds)} golds; they must pair up."
         )
     prepared = [_prepare(r, g) for r, g in zip(responses, golds)]
-    todo = sorted({(r, p, g) for r, (p, g, v) in zip(responses, prepared) if v is None})
-    slow: dict[tuple[str, str, str], bool] = {}
+    keys = [(r, p, a, str(g)) for r, g, (p, a, _) in zip(responses, golds, prepared)]
+    todo = sorted({k for k, (_, _, v) in zip(keys, prepared) if v is None})
+    slow: dict[tuple[str, str, str, str], bool] = {}
     if todo:
         pool = get_pool(num_workers)
 
-        def one(item: tuple[str, str, str]) -> bool:
+        def one(item: tuple[str, str, str, str]) -> bool:
             try:
                 return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + SLACK_S + 60.0)
             except Exception:
@@ -147,7 +151,7 @@ def grade_many(
 
         with ThreadPoolExecutor(max_workers=pool.size) as executor:
             slow = dict(zip(todo, executor.map(one, todo)))
-    return [bool(slow[(r, p, g)] if v is None else v) for r, (p, g, v) in zip(responses, prepared)]
+    return [bool(slow[k] if v is None else v) for k, (_, _, v) in zip(keys, prepared)]
 
 
 def warmup() -> None:

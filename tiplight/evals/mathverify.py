@@ -51,12 +51,12 @@ def parse_response(response: str) -> list:
     return parse(response, _configs(), parsing_timeout=None)
 
 
-def verdict(response: str, gold: str, pred: str = "", settled: bool = False) -> bool:
+def verdict(response: str, gold: str, pred: str = "", answer: str = "", settled: bool = False) -> bool:
     """Math-Verify's accept of `response` against `gold`, vetoed by the guards in the module docstring.
 
-    `pred` is tiplight's own reading of the response and `settled` says tiplight parsed both answers
-    and rejected them: then Math-Verify is heard only when it reads a different answer in the text
-    (tiplight's exact comparison of the same two answers stands).
+    `pred` and `answer` are tiplight's own readings of the response and the gold, and `settled` says
+    tiplight parsed both and rejected them: then Math-Verify is heard only when it reads a different
+    answer in either text (tiplight's exact comparison of the same two answers stands).
     """
     from math_verify import verify
 
@@ -66,7 +66,7 @@ def verdict(response: str, gold: str, pred: str = "", settled: bool = False) -> 
     if len(g) < 2 or len(p) < 2:
         return False
     (g_expr, g_text), (p_expr, p_text) = g[:2], p[:2]
-    if settled and _within(p_text, pred) and _within(g_text, gold):
+    if settled and _within(p_text, pred) and _within(g_text, answer or gold):
         return False
     if any(t in s for s in (g_text, p_text, gold) for t in _ELLIPSIS):
         return False

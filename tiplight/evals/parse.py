@@ -89,7 +89,9 @@ def parse_node(s: str, depth: int = 0) -> Node:
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
         return Node("matrix", items=tuple(Node("list", items=_scalars(r.split("&"))) for r in rows))
-    pieces = split_top(s, (",", ";"))[0]
+    pieces, seps = split_top(s, (",", ";"))
+    if ";" in seps and "," in seps:  # `p=5,q=2;p=7,q=2`: semicolons separate the groups
+        pieces = split_top(s, (";",))[0]
     if len(pieces) > 1:
         return Node("list", s, items=tuple(parse_node(p, depth + 1) for p in pieces if p))
     parts, ops = split_top(s, _RELATIONS)

@@ -224,7 +224,10 @@ def _serve() -> None:
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
             if not ok and request.get("response") and not comparator.refused:
                 settled = not comparator.unsure
-                ok = math_verify_verdict(request["response"], request["gold"], request["pred"], settled)
+                ok = math_verify_verdict(
+                    request["response"], request.get("raw_gold", request["gold"]), request["pred"],
+                    request["gold"], settled,
+                )
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False
             comparator.notes.append(f"{type(exc).__name__}: {str(exc)[:100]}")
