@@ -3,9 +3,10 @@
 - `table`: the checker's own case table (tests/data/grader_cases.jsonl), written alongside it: coverage.
 - `mv-unit`: Math-Verify's hand-written regression tests (benchmarks/data/math_verify_cases.jsonl).
 - `mv-real`: the real model outputs in Math-Verify's tests (OpenThoughts and NuminaMath generations).
+- `nemo`: NeMo-Skills' `math_equal` test pairs, each in both directions (answer against answer).
 
 Math-Verify runs as its tests run it: on its own cases with each test's options (match types, float
-precision, set/relation asymmetry), on the table with defaults and the gold wrapped in `\\boxed{}` as
+precision, set/relation asymmetry), on the table and the NeMo-Skills pairs with defaults and the gold wrapped in `\\boxed{}` as
 its README recommends. Any exception counts as a rejection.
 
     python benchmarks/grader_accuracy.py [--errors] > benchmarks/results/grader_accuracy.txt
@@ -28,6 +29,7 @@ SETS = {
     "table": ROOT / "tests" / "data" / "grader_cases.jsonl",
     "mv-unit": ROOT / "benchmarks" / "data" / "math_verify_cases.jsonl",
     "mv-real": ROOT / "benchmarks" / "data" / "math_verify_cases.jsonl",
+    "nemo": ROOT / "benchmarks" / "data" / "nemo_skills_cases.jsonl",
 }
 
 

@@ -23,6 +23,7 @@ _SUBSCRIPT = re.compile(r"_\{[^{}]{0,20}\}|_[0-9A-Za-z]")
 _LABEL = re.compile(r"(?:\\[A-Za-z]+|[A-Za-z(),|:{} ])+")
 _CHOICE = re.compile(r"\(([A-E])\)")
 _CHOICE_PREFIX = re.compile(r"\(?([A-Ea-e])(?:\)|$)")
+_CHOICE_LEAD = re.compile(r"\(?([A-E])(?:\)|[.:]\s)")  # "C. x = 42", "(C) 12", "C: 12"
 
 
 class Undecided(Exception):
@@ -98,7 +99,7 @@ def numbers_match(p: Fraction, p_dec: int | None, g: Fraction, g_dec: int | None
 
 def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     """Is the (extracted) pred answer equivalent to the gold answer? May raise `Undecided`."""
-    choice = _CHOICE.fullmatch(text_key_raw(gold))
+    choice = _CHOICE.fullmatch(text_key_raw(gold)) or _choice_with_text(gold, pred)
     if choice:  # multiple choice: "C", "(C)", "\\text{(C)}", or "(C) 12" with the value after the letter
         key = text_key_raw(pred)
         stated = _CHOICE_PREFIX.match(key)
@@ -112,6 +113,14 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     if p == g:
         return True
     return match(parse_node(p), parse_node(g), comparator)
+
+
+def _choice_with_text(gold: str, pred: str) -> re.Match | None:
+    """A choice written with its content, "C. x = 42", as the gold, or as the pred for a letter gold."""
+    lead = _CHOICE_LEAD.match(gold.strip())
+    if lead or not re.fullmatch(r"[A-E]", gold.strip()):
+        return lead
+    return _CHOICE_LEAD.match(pred.strip())
 
 
 def match(p: Node, g: Node, cmp: Comparator) -> bool:
@@ -208,10 +217,9 @@ def _is_constant(n: Node) -> bool:
 def _match_relation(p: Node, g: Node, cmp: Comparator) -> bool:
     gl = g.items
     if g.ops == ("=",) and p.kind != "relation" and _is_label(gl[0]):
-        # gold "x = 5", "f(x) = 1", "(p,q) = (3,2)", "|AB| = 1" asks for the value; pred "5" states it.
-        # Not "y = 2x + 3": a single letter equal to an expression in other letters is an equation.
-        if _is_constant(gl[1]) or not _is_symbol(gl[0]):
-            return match(p, gl[1], cmp)
+        # gold "x = 5", "f(x) = 1", "(p,q) = (3,2)", "|AB| = 1", "y = 2x + 3" names its value; pred
+        # "5" or "2x + 3" states it (as Math-Verify and NeMo-Skills accept)
+        return match(p, gl[1], cmp)
     if _is_chain(p) and _is_chain(g) and _is_label(g.items[0]) and p.items[0].text == g.items[0].text:
         return match(p.items[-1], g.items[-1], cmp)  # "x = 5+5+1 = 11" states x = 11
     if p.kind == "relation" and p.ops == ("\\in",) and _is_inequality(g):

@@ -112,13 +112,18 @@ def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     """Is the final answer in `response` (a full model output or a bare answer) equivalent to `gold`?
 
     Returns within `timeout` + 1 seconds, from any thread or process; never raises; False on any
-    failure or timeout. See the module docstring for when it is safe as an RL reward.
+    failure or timeout. The one exception is the first call in a process that needs a worker: it
+    also waits for the pool to start (seconds of imports; `warmup()` does that up front), so that
+    start-up is never charged to a verdict. See the module docstring for RL-reward use.
     """
     deadline = time.monotonic() + timeout + SLACK_S
-    get_pool()  # the first call starts the workers warming, even when its own verdict needs none
+    pool = get_pool()  # the first call starts the workers warming, even when its own verdict needs none
     pred, answer, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict
+    if not pool.started.is_set():  # a new pool's start-up is not this comparison's time
+        pool.wait_started()
+        deadline = time.monotonic() + timeout + SLACK_S
     try:
         return _slow_verdict(response, pred, answer, str(gold), timeout, deadline)
     except Exception:

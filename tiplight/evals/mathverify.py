@@ -9,8 +9,9 @@ kills the worker instead.
 34" sentences, assignments, ASCII relations, `\\sec^2(y)`, units and percent words) and `verify`
 compares. Its accept counts only when none of the known wrong-accept patterns applies:
 complex infinity or nan on either side, `\\ldots` sequences, a multi-item answer against a single
-gold, a bare expression against a gold equation `y = ...`, and exact constants that agree only to a
-few digits (1/2004! vs 1/2006!: Math-Verify's `evalf(chop)` calls both 0).
+gold, a letter dropped as a unit (`4m` read as 4), deep nesting, and exact constants that agree
+only to a few digits (1/2004! vs 1/2006!: Math-Verify's `evalf(chop)` calls both 0). When tiplight
+read the same two answers and settled them itself, its exact verdict stands.
 """
 
 from __future__ import annotations
@@ -114,33 +115,11 @@ def _degenerate(expr) -> bool:
 
 
 def _shapes_agree(p_text: str, g_text: str) -> bool:
-    """A single gold needs a single answer (`1,1,1` reads as {1}: not an answer to "1"), and a gold
-    equation with a single-letter left side and a variable right side (`y = 2x+3`, a line) needs an
-    equation, not its right side."""
+    """A single gold needs a single answer (`1,1,1` reads as {1}: not an answer to "1")."""
     p, g = parse_node(clean(p_text)), parse_node(clean(g_text))
     if g.kind in ("scalar", "bracket") and p.kind in ("list", "set") and len(p.items) > 1:
         return False
-    if g.kind == "relation" and g.ops == ("=",) and p.kind != "relation":
-        lhs, rhs = g.items
-        letter_lhs = lhs.kind == "scalar" and len(lhs.text) == 1 and lhs.text.isalpha()
-        if letter_lhs and _has_free_letter(rhs.text):
-            return False
     return True
-
-
-def _has_free_letter(text: str) -> bool:
-    """A letter outside LaTeX command names (`2x+3`, not `\\frac{\\pi}{2}`)."""
-    i, n = 0, len(text)
-    while i < n:
-        if text[i] == "\\":
-            i += 1
-            while i < n and text[i].isalpha():
-                i += 1
-            continue
-        if text[i].isalpha() and text[i] != "e":
-            return True
-        i += 1
-    return False
 
 
 def _constants_agree(p, g) -> bool:

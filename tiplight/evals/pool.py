@@ -25,6 +25,7 @@ from pathlib import Path
 logger = logging.getLogger("tiplight.evals")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
+COLD_START_S = 120.0  # longest wait for a new pool's first warm worker (imports take seconds under load)
 # each worker holds sympy and Math-Verify (~200 MB, idle unless asked); at least 4, so that two workers
 # killed by one overrunning comparison (and its retry) leave warm ones while their replacements start
 DEFAULT_WORKERS = min(8, max(4, os.cpu_count() or 1))
@@ -104,6 +105,7 @@ class WorkerPool:
         self._cond = threading.Condition()
         self.replaced = 0
         self.retried = 0
+        self.started = threading.Event()  # set once any worker has finished its imports
         for _ in range(self.size):
             self._idle.append(Worker())
 
@@ -119,6 +121,7 @@ class WorkerPool:
             worker = warm[-1] if warm else self._idle[0]
             self._idle.remove(worker)
         if worker.wait_ready(deadline):
+            self.started.set()
             return worker
         self._checkin(worker)  # still warming at the deadline: keep it for the next caller
         return None
@@ -155,7 +158,14 @@ class WorkerPool:
             self.retried += attempt == 0
         return None
 
-    def warmup(self, timeout: float = 120.0) -> None:
+    def wait_started(self, timeout: float = COLD_START_S) -> None:
+        """Block until one worker of a new pool is warm (the pool's start-up, never a comparison's)."""
+        if not self.started.is_set():
+            worker = self._checkout(time.monotonic() + timeout)
+            if worker is not None:
+                self._checkin(worker)
+
+    def warmup(self, timeout: float = COLD_START_S) -> None:
         """Wait until every worker has finished its imports (a few seconds each on a loaded machine)."""
         deadline = time.monotonic() + timeout
         held = []
