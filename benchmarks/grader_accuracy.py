@@ -52,7 +52,10 @@ def math_verify_grade(row: dict) -> bool:
         except Exception:
             return False
     kinds = options.get("match_types", ["latex", "expr"])
-    configs = [LatexExtractionConfig(boxed_match_priority=0) if k == "latex" else ExprExtractionConfig() for k in kinds]
+    configs = [
+        LatexExtractionConfig(boxed_match_priority=0) if k == "latex" else ExprExtractionConfig()
+        for k in kinds
+    ]
     if "match_types" not in options:  # test_yujianll calls parse() with its defaults
         configs = [LatexExtractionConfig(), ExprExtractionConfig()]
     try:

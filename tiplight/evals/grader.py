@@ -90,9 +90,7 @@ def _remember(key: tuple[str, str, str], verdict: bool) -> None:
             _CACHE.popitem(last=False)
 
 
-def _slow_verdict(
-    response: str, pred: str, answer: str, gold: str, timeout: float, deadline: float
-) -> bool:
+def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: float, deadline: float) -> bool:
     """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
     `answer` is tiplight's reading of the `gold` string. Timeouts are False and not cached."""
     tail = cut_template_tail(response)[-MATH_VERIFY_SCAN:]

@@ -61,6 +61,8 @@ def verdict(response: str, gold: str, pred: str = "", answer: str = "", settled:
     """
     from math_verify import verify
 
+    if settled and _one_box(response) and gold.strip() == answer.strip():
+        return False  # Math-Verify would read the same box and the same gold: nothing new to hear
     if max_depth(response) > MAX_DEPTH or max_depth(gold) > MAX_DEPTH:
         return False  # degenerate nesting: the grammar's recursion would only burn the time limit
     g, p = parse_gold(gold), parse_response(response)
@@ -87,6 +89,10 @@ def _lost_symbol(text: str, expr) -> bool:
     if not isinstance(expr, Basic) or expr.free_symbols:
         return False
     return bool(_SINGLE_LETTER.search(re.sub(r"\\[A-Za-z]+", " ", clean(text))))
+
+
+def _one_box(text: str) -> bool:
+    return text.count("\\boxed") == 1 and "\\fbox" not in text
 
 
 def max_depth(text: str) -> int:
@@ -117,9 +123,7 @@ def _degenerate(expr) -> bool:
 def _shapes_agree(p_text: str, g_text: str) -> bool:
     """A single gold needs a single answer (`1,1,1` reads as {1}: not an answer to "1")."""
     p, g = parse_node(clean(p_text)), parse_node(clean(g_text))
-    if g.kind in ("scalar", "bracket") and p.kind in ("list", "set") and len(p.items) > 1:
-        return False
-    return True
+    return not (g.kind in ("scalar", "bracket") and p.kind in ("list", "set") and len(p.items) > 1)
 
 
 def _constants_agree(p, g) -> bool:

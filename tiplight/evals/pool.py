@@ -235,8 +235,11 @@ def _serve() -> None:
             if not ok and request.get("response") and not comparator.refused:
                 settled = not comparator.unsure
                 ok = math_verify_verdict(
-                    request["response"], request.get("raw_gold", request["gold"]), request["pred"],
-                    request["gold"], settled,
+                    request["response"],
+                    request.get("raw_gold", request["gold"]),
+                    request["pred"],
+                    request["gold"],
+                    settled,
                 )
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False

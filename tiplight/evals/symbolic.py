@@ -213,9 +213,7 @@ def _equal(p, g, pred: str, gold: str) -> bool:
         return False  # clearly different values (relative, so 1/2004! != 1/2006!): skip simplify
     if finite and scale != 0 and not (g.is_zero or p.is_zero) and abs(pv - gv) <= scale * AGREE:
         return True  # equal to 80 digits: decided before `simplify`, which can take seconds on radicals
-    if simplify(p - g) == 0:
-        return True
-    return False
+    return bool(simplify(p - g) == 0)
 
 
 def degenerate(expr) -> bool:
