@@ -107,3 +107,35 @@ def test_same_verdicts_from_8_threads_under_cpu_load():
 def test_grade_many_matches_grade_on_review_cases():
     verdicts = grade_many([c["response"] for c in REVIEW], [c["gold"] for c in REVIEW], num_workers=2)
     assert verdicts == [c["expected"] for c in REVIEW]
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "own_guard"),
+    [
+        (r"\boxed{\frac{1}{2004!}}", r"\frac{1}{2006!}", True),  # chop reads both as 0
+        (r"\boxed{\frac{1}{2^{99}}}", r"\frac{1}{2^{98}}", True),
+        (r"\boxed{1,1,1}", "1", True),  # read as the set {1}
+        (r"\boxed{4m}", "4", False),  # the letter dropped as a unit: tiplight's own reading settles it
+    ],
+)
+def test_math_verify_wrong_accepts_are_vetoed(response, gold, own_guard):
+    """Each pair is accepted by Math-Verify's own parse + verify, and rejected by `grade`; `own_guard`:
+    the guarded Math-Verify reading rejects it even without tiplight's reading of the answers."""
+    from math_verify import verify
+
+    from tiplight.evals.mathverify import parse_gold, parse_response, verdict
+
+    assert verify(parse_gold(gold), parse_response(response), timeout_seconds=None)
+    assert verdict(response, gold) is not own_guard
+    assert grade(response, gold) is False
+
+
+def test_cold_start_is_not_charged_to_the_first_verdict():
+    """A fresh process grades a worker-bound pair right on its first call, without warmup()."""
+    code = (
+        "import time; from tiplight.evals import grade; t = time.monotonic(); "
+        r"ok = grade(r'\frac{10\sqrt{10.5}}{27}', r'\frac{5\sqrt{42}}{27}', timeout=1.5); "
+        "print(ok, time.monotonic() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert out.stdout.split()[0] == "True", out.stderr[-500:]

@@ -29,6 +29,7 @@ from tiplight.evals.extract import cut_template_tail, extract_answer
 from tiplight.evals.pool import get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
+MAX_GOLD_SENT = 20_001  # longer golds are not read by Math-Verify (`mathverify.MAX_GOLD_CHARS`)
 MATH_VERIFY_SCAN = 10_000  # characters from the end of a response that Math-Verify reads (its final answer)
 SLACK_S = 0.75  # waiting for a warm worker, on top of the comparison's own timeout
 _CACHE: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
@@ -72,7 +73,8 @@ def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
             return "", answer, False
         pred = extract_answer(response)
         if pred is None:
-            return "", answer, None if response.strip() else False  # Math-Verify may still find one
+            readable = response.strip() and len(answer) <= MAX_ANSWER_CHARS
+            return "", answer, None if readable else False  # Math-Verify may still find one
         return pred, answer, fast_verdict(pred, answer)
     except Exception:  # a checker bug must cost one verdict, not a training run
         return "", "", False
@@ -98,7 +100,7 @@ def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: flo
     hit = _cached(key)
     if hit is not None:
         return hit
-    payload = {"pred": pred, "gold": answer, "raw_gold": gold, "response": tail}
+    payload = {"pred": pred, "gold": answer, "raw_gold": gold[:MAX_GOLD_SENT], "response": tail}
     verdict = get_pool().run(payload, timeout, deadline)
     if verdict is None:
         return False

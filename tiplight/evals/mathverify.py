@@ -27,6 +27,7 @@ logging.getLogger("math_verify").setLevel(logging.CRITICAL)
 _ELLIPSIS = ("\\ldots", "\\cdots", "\\dots", "...", "…")
 _PRECISION = 60
 MAX_DEPTH = 40  # bracket nesting beyond which Math-Verify is not asked
+MAX_GOLD_CHARS = 20_000  # a gold solution longer than this is read by tiplight only
 _SINGLE_LETTER = re.compile(r"(?<![A-Za-z])[A-DF-HJ-Za-df-hj-z](?![A-Za-z])")  # not e, i
 
 
@@ -61,9 +62,10 @@ def verdict(response: str, gold: str, pred: str = "", answer: str = "", settled:
     """
     from math_verify import verify
 
-    if settled and _one_box(response) and gold.strip() == answer.strip():
-        return False  # Math-Verify would read the same box and the same gold: nothing new to hear
-    if max_depth(response) > MAX_DEPTH or max_depth(gold) > MAX_DEPTH:
+    bare = _one_box(response) or response.strip() == pred.strip()
+    if settled and bare and gold.strip() == answer.strip():
+        return False  # Math-Verify would read the same answer and the same gold: nothing new to hear
+    if len(gold) > MAX_GOLD_CHARS or max_depth(response) > MAX_DEPTH or max_depth(gold) > MAX_DEPTH:
         return False  # degenerate nesting: the grammar's recursion would only burn the time limit
     g, p = parse_gold(gold), parse_response(response)
     if len(g) < 2 or len(p) < 2:
