@@ -224,6 +224,12 @@ def _match_relation(p: Node, g: Node, cmp: Comparator) -> bool:
         return match(p.items[-1], g.items[-1], cmp)  # "x = 5+5+1 = 11" states x = 11
     if p.kind == "relation" and p.ops == ("\\in",) and _is_inequality(g):
         p = p.items[-1]  # "x \in [1, 2]" against "1 \le x \le 2"
+    if g.ops == ("\\ne",) and p.kind == "union" and _is_label(gl[0]):  # x != 3: (-oo, 3) U (3, oo)
+        below, above = (
+            inequality_to_interval(Node("relation", items=gl, ops=("<",))),
+            inequality_to_interval(Node("relation", items=gl, ops=(">",))),
+        )
+        return match(p, Node("union", items=(below, above)), cmp)
     if _is_inequality(g) and p.kind in ("bracket", "union"):
         interval = inequality_to_interval(g)
         return interval is not None and match(p, interval, cmp)
