@@ -93,38 +93,53 @@ class Worker:
 class WorkerPool:
     """`size` workers shared by any number of threads, all started (warming) when the pool is made.
 
-    A comparison's clock starts when a warm worker takes it: start-up and queueing are never charged to
-    a verdict, only to the caller's overall deadline. A comparison that overruns is retried once on
-    another warm worker while the overall deadline allows; the overrunning worker is killed and a
-    replacement starts warming at once.
+    A worker is handed out only once warm (its imports done, in a background thread), so start-up is
+    never charged to a comparison; a comparison's clock starts when a warm worker takes it. One that
+    overruns is retried once on another warm worker while the caller's deadline allows; the overrunning
+    worker is killed and a replacement starts warming at once.
     """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._idle: list[Worker] = []
         self._cond = threading.Condition()
+        self._warming = 0
         self.replaced = 0
         self.retried = 0
         self.started = threading.Event()  # set once any worker has finished its imports
         for _ in range(self.size):
-            self._idle.append(Worker())
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Start a worker; a background thread hands it to the idle list once it is warm."""
+        with self._cond:
+            self._warming += 1
+        worker = Worker()
+        threading.Thread(target=self._warm, args=(worker,), daemon=True).start()
+
+    def _warm(self, worker: Worker) -> None:
+        ready = worker.wait_ready(time.monotonic() + COLD_START_S)
+        if not ready:
+            logger.warning(
+                "grader: a worker did not start within %.0f s; running with one fewer", COLD_START_S
+            )
+            worker.kill()
+        with self._cond:
+            self._warming -= 1
+            if ready:
+                self._idle.append(worker)
+                self.started.set()
+            self._cond.notify_all()
 
     def _checkout(self, deadline: float) -> Worker | None:
-        """A warm idle worker if there is one, else any idle worker (waited for), else None at deadline."""
+        """A warm idle worker (the most recently used), waited for until `deadline`; None after it."""
         with self._cond:
             while not self._idle:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
                 self._cond.wait(remaining)
-            warm = [w for w in self._idle if w.ready]
-            worker = warm[-1] if warm else self._idle[0]
-            self._idle.remove(worker)
-        if worker.wait_ready(deadline):
-            self.started.set()
-            return worker
-        self._checkin(worker)  # still warming at the deadline: keep it for the next caller
-        return None
+            return self._idle.pop()
 
     def _checkin(self, worker: Worker) -> None:
         with self._cond:
@@ -138,7 +153,7 @@ class WorkerPool:
 
         def reap_and_restart() -> None:
             worker.kill()
-            self._checkin(Worker())
+            self._spawn()
 
         threading.Thread(target=reap_and_restart, daemon=True).start()
 
@@ -160,21 +175,21 @@ class WorkerPool:
 
     def wait_started(self, timeout: float = COLD_START_S) -> None:
         """Block until one worker of a new pool is warm (the pool's start-up, never a comparison's)."""
-        if not self.started.is_set():
-            worker = self._checkout(time.monotonic() + timeout)
-            if worker is not None:
-                self._checkin(worker)
+        self.started.wait(timeout)
 
     def warmup(self, timeout: float = COLD_START_S) -> None:
-        """Wait until every worker has finished its imports (a few seconds each on a loaded machine)."""
+        """Wait until every worker started so far has finished its imports (seconds on a loaded machine)."""
         deadline = time.monotonic() + timeout
-        held = []
-        for _ in range(self.size):
-            worker = self._checkout(deadline)
-            if worker is not None:
-                held.append(worker)
-        for worker in held:
-            self._checkin(worker)
+        with self._cond:
+            while self._warming and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+
+    def grow(self, size: int) -> None:
+        """Add workers up to `size`."""
+        with self._cond:
+            extra, self.size = size - self.size, max(self.size, size)
+        for _ in range(max(0, extra)):
+            self._spawn()
 
     def close(self) -> None:
         """Kill all idle workers."""
@@ -196,10 +211,7 @@ def get_pool(size: int | None = None) -> WorkerPool:
         if _POOL is None or os.getpid() != _POOL_PID:
             _POOL, _POOL_PID = WorkerPool(size or DEFAULT_WORKERS), os.getpid()
         elif size and size > _POOL.size:
-            with _POOL._cond:
-                _POOL._idle += [Worker() for _ in range(size - _POOL.size)]
-                _POOL.size = size
-                _POOL._cond.notify_all()
+            _POOL.grow(size)
         return _POOL
 
 
