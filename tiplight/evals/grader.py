@@ -7,13 +7,15 @@ exact-first comparison of the extracted answer, then Math-Verify's own extractio
 the whole response under tiplight's guards (`mathverify.py`). Either accept counts; a timeout or any
 failure grades False. No text is ever evaluated.
 
-As an RL reward: `grade` is deterministic for a given (response, gold) as long as no comparison hits
-its timeout (each is retried once on a warm worker first; keep `timeout` >= 2 s so that load does
-not flip verdicts). It never accepts a list for a single gold (`1,1,1` for `1`), a partial answer to
-a find-all gold, a restated inequality for a gold interval's inequality question, complex infinity
-or nan, decimals that are not the gold to the digits given, or pred = gold x 100 for percents. It is
-lenient about notation (LaTeX or plain text, units, labels such as `x =`, `f(x) =`, `(p,q) =`), so a
-policy is not pushed towards one style; if you need to reward well-formed LaTeX, check it separately.
+When `grade` is safe as an RL reward: call `warmup()` once, keep `timeout` >= 2 s, and verdicts are
+a function of (response, gold) alone: comparisons run on warm workers, an overrun is retried once on
+another warm worker, and only a comparison that overruns twice grades False (a pair that costly is
+what a reward should refuse anyway). It never accepts a list for a single gold (`1,1,1` for `1`),
+fewer or more items than a find-all gold, an inequality restated for a gold interval (`x > 3` for
+`(3, \\infty)`), complex infinity or nan, a decimal that is not the gold to the digits it gives,
+gold x 100 or gold / 100 for a percent, or an answer taken from a chat-template tail. It is lenient
+about notation (LaTeX or plain text, units, labels such as `x =`, `f(x) =`, `(p,q) =`), so it does not
+push a policy towards one style; reward well-formed LaTeX separately if you need it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tiplight.evals.equivalence import FastComparator, Undecided, equivalent, final_rejection
 from tiplight.evals.extract import cut_template_tail, extract_answer
-from tiplight.evals.pool import get_pool
+from tiplight.evals.pool import COLD_START_S, get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
 MAX_GOLD_SENT = 20_001  # longer golds are not read by Math-Verify (`mathverify.MAX_GOLD_CHARS`)
@@ -149,8 +151,8 @@ def grade_many(
         pool = get_pool(num_workers)
 
         def one(item: tuple[str, str, str, str]) -> bool:
-            try:
-                return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + SLACK_S + 60.0)
+            try:  # no per-call bound here: a pair may wait for a replacement worker to warm
+                return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + COLD_START_S)
             except Exception:
                 return False
 

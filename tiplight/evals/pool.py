@@ -164,13 +164,13 @@ class WorkerPool:
             worker = self._checkout(deadline)
             if worker is None:
                 return None
+            self.retried += attempt  # counted when the retry is dispatched
             verdict = worker.request(payload, min(time.monotonic() + timeout, deadline))
             if verdict is not None:
                 self._checkin(worker)
                 return verdict
             logger.debug("grader: worker overran on %r; replacing it", str(payload.get("pred"))[:80])
             self._replace(worker)
-            self.retried += attempt == 0
         return None
 
     def wait_started(self, timeout: float = COLD_START_S) -> None:
