@@ -9,6 +9,9 @@ Math-Verify runs as its tests run it: on its own cases with each test's options 
 precision, set/relation asymmetry), on the table and the NeMo-Skills pairs with defaults and the gold wrapped in `\\boxed{}` as
 its README recommends. Any exception counts as a rejection.
 
+Then every case is graded again, sequentially and from 8 threads under CPU load, and the verdicts
+compared (load independence).
+
     python benchmarks/grader_accuracy.py [--errors] > benchmarks/results/grader_accuracy.txt
 """
 
@@ -17,11 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
+import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tiplight.evals import grade, warmup
+from tiplight.evals import grader as grader_module
 from tiplight.evals.pool import get_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +85,36 @@ def score(rows: list[dict]) -> tuple[list[bool], list[bool], float, float]:
     return ours, theirs, ours_s, time.perf_counter() - start
 
 
+def threaded_check(rows: list[dict], threads: int) -> str:
+    """Grade all rows sequentially, then from `threads` threads while two busy processes load the CPU
+    (cache cleared before each run); the number of verdicts that differ, and the slowest call."""
+    runs, slowest = [], 0.0
+    for n in (1, threads):
+        grader_module._CACHE.clear()
+        burners = [
+            subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if n > 1 else 0)
+        ]
+        try:
+            with ThreadPoolExecutor(n) as ex:
+                timed = list(ex.map(_timed_grade, rows))
+        finally:
+            for proc in burners:
+                proc.kill()
+                proc.wait()
+        runs.append([v for v, _ in timed])
+        slowest = max(slowest, *(t for _, t in timed))
+    differ = sum(a != b for a, b in zip(*runs))
+    return (
+        f"all {len(rows)} cases from 1 thread, then from {threads} threads with 2 CPU-burning processes: "
+        f"{differ} verdicts differ; slowest call {slowest:.2f} s (timeout 5 s)"
+    )
+
+
+def _timed_grade(row: dict) -> tuple[bool, float]:
+    start = time.monotonic()
+    return grade(row["response"], row["gold"]), time.monotonic() - start
+
+
 def summary(name: str, rows: list[dict], ours: list[bool], theirs: list[bool]) -> list[str]:
     """Right / wrong accepts / wrong rejects for both checkers, overall and by default options."""
     lines = []
@@ -102,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--errors", action="store_true", help="list tiplight's errors and disagreements")
     ap.add_argument("--sets", nargs="*", default=list(SETS))
+    ap.add_argument("--threads", type=int, default=8, help="regrade every set from this many threads")
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # Math-Verify logs every timeout and parse failure
     warmup()
@@ -118,6 +156,7 @@ def main() -> None:
                 details.append(
                     f"  [{who}] expected={r['expected']} gold={r['gold'][:70]!r} response={r['response'][-90:]!r}"
                 )
+    details.append(threaded_check([r for name in args.sets for r in load(name)], args.threads))
     pool = get_pool()
     details.append(f"grading workers: {pool.size}; comparisons that overran: {pool.replaced} "
                    f"(retried on a warm worker: {pool.retried})")  # fmt: skip

@@ -2,9 +2,13 @@
 
 Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
 is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
-self-correction overrides an earlier box. Without candidates, a short response that is just an
-expression is its own answer; then a final `**bold**`; the last number is the last resort.
-All scans are linear (brace matching and regexes without nested quantifiers) so a huge input is safe.
+self-correction overrides an earlier box. Boxes joined only by ",", "and", "or" or
+`\\quad\\text{and}\\quad` form one list answer; an answer sentence in prose ("The largest $n$ is 34")
+gives the value after its verb. Without candidates, a short response that is just an expression is its
+own answer; then a final `**bold**`; the last number (or the comma list it ends) is the last resort.
+All scans are linear (brace matching, bounded gaps, and regexes without adjacent quantifiers over the
+same characters) so a huge input is safe; this reader runs in-process, so it must be. Math-Verify's
+extraction reads the response again in a worker (`mathverify.py`).
 """
 
 from __future__ import annotations
