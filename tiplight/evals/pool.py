@@ -11,6 +11,7 @@ started at once, so nobody waits for a hung worker. Workers exit by themselves w
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import json
 import logging
@@ -69,12 +70,16 @@ class Worker:
             self.ready = bool((self._read_line(deadline) or {}).get("ready"))
         return self.ready
 
-    def request(self, payload: dict, deadline: float) -> bool | None:
-        """Send one comparison; its verdict, or None on timeout or a dead worker."""
+    def send(self, payload: dict) -> bool:
+        """Send one comparison; False when the worker is gone."""
         try:
             self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
         except (BrokenPipeError, OSError):
-            return None
+            return False
+        return True
+
+    def verdict(self, deadline: float) -> bool | None:
+        """The reply to the comparison sent last, or None on timeout or a dead worker."""
         reply = self._read_line(deadline)
         if reply is None:
             return None
@@ -90,6 +95,14 @@ class Worker:
             self.proc.wait(timeout=1.0)
 
 
+class _Waiter:
+    """A caller waiting for a worker: `_checkin` hands one over and sets the event."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.worker: Worker | None = None
+
+
 class WorkerPool:
     """`size` workers shared by any number of threads, all started (warming) when the pool is made.
 
@@ -102,6 +115,7 @@ class WorkerPool:
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
         self._idle: list[Worker] = []
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # first come, first served
         self._cond = threading.Condition()
         self._warming = 0
         self.replaced = 0
@@ -124,27 +138,36 @@ class WorkerPool:
                 "grader: a worker did not start within %.0f s; running with one fewer", COLD_START_S
             )
             worker.kill()
+        if ready:
+            self._checkin(worker)
+            self.started.set()
         with self._cond:
             self._warming -= 1
-            if ready:
-                self._idle.append(worker)
-                self.started.set()
             self._cond.notify_all()
 
     def _checkout(self, deadline: float) -> Worker | None:
-        """A warm idle worker (the most recently used), waited for until `deadline`; None after it."""
+        """A warm idle worker, waited for until `deadline` (None after it). Waiting callers are served in
+        arrival order: a caller never loses its turn to later arrivals, however many threads grade."""
         with self._cond:
-            while not self._idle:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            return self._idle.pop()
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if waiter.worker is None:  # timed out before a worker was handed over
+                self._waiters.remove(waiter)
+            return waiter.worker
 
     def _checkin(self, worker: Worker) -> None:
+        """Hand a free worker to the longest-waiting caller, or keep it idle."""
         with self._cond:
-            self._idle.append(worker)
-            self._cond.notify()
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.worker = worker
+                waiter.event.set()
+            else:
+                self._idle.append(worker)
 
     def _replace(self, worker: Worker) -> None:
         """Kill an overrunning worker and start a replacement, off the caller's path (no reaping wait)."""
@@ -159,19 +182,42 @@ class WorkerPool:
 
     def run(self, payload: dict, timeout: float, deadline: float) -> bool | None:
         """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun,
-        never past `deadline` (time.monotonic). None when no attempt finished."""
+        never past `deadline` (time.monotonic). None when no attempt finished.
+
+        When the caller's deadline (not the comparison's own timeout) cuts the wait, the worker is not
+        killed: a background thread lets it finish and returns it to the pool, so a busy period costs
+        no workers and no cold restarts."""
         for attempt in range(2):
             worker = self._checkout(deadline)
             if worker is None:
                 return None
+            if time.monotonic() >= deadline:  # handed over just too late: keep it, unused and alive
+                self._checkin(worker)
+                return None
             self.retried += attempt  # counted when the retry is dispatched
-            verdict = worker.request(payload, min(time.monotonic() + timeout, deadline))
+            own_limit = time.monotonic() + timeout
+            verdict = worker.verdict(min(own_limit, deadline)) if worker.send(payload) else None
             if verdict is not None:
                 self._checkin(worker)
                 return verdict
+            if time.monotonic() < own_limit and worker.proc.poll() is None:
+                self._drain(worker, own_limit)
+                return None
             logger.debug("grader: worker overran on %r; replacing it", str(payload.get("pred"))[:80])
             self._replace(worker)
         return None
+
+    def _drain(self, worker: Worker, own_limit: float) -> None:
+        """Let a worker finish a comparison its caller stopped waiting for, then return it to the pool
+        (or replace it if the comparison overruns its own limit)."""
+
+        def finish() -> None:
+            if worker.verdict(own_limit) is None:
+                self._replace(worker)
+            else:
+                self._checkin(worker)
+
+        threading.Thread(target=finish, daemon=True).start()
 
     def wait_started(self, timeout: float = COLD_START_S) -> None:
         """Block until one worker of a new pool is warm (the pool's start-up, never a comparison's)."""
