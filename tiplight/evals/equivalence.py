@@ -102,7 +102,7 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     choice = _CHOICE.fullmatch(text_key_raw(gold)) or _choice_with_text(gold, pred)
     if choice:  # multiple choice: "C", "(C)", "\\text{(C)}", or "(C) 12" with the value after the letter
         key = text_key_raw(pred)
-        stated = _CHOICE_PREFIX.match(key)
+        stated = _CHOICE_PREFIX.match(key) or _CHOICE_LEAD.match(pred.strip())  # "C. x = 42"
         hedged = len(set(re.findall(r"\(([A-Ea-e])\)", key.upper()))) > 1  # "(C) and (D)"
         return bool(stated) and not hedged and stated.group(1).lower() == choice.group(1).lower()
     if is_text_answer(gold):
@@ -116,11 +116,13 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
 
 
 def _choice_with_text(gold: str, pred: str) -> re.Match | None:
-    """A choice written with its content, "C. x = 42", as the gold, or as the pred for a letter gold."""
+    """The gold's choice letter when a choice is written with its content: the gold "C. x = 42", or a
+    letter gold "C" answered with "C. x = 42" (or any other letter and content)."""
     lead = _CHOICE_LEAD.match(gold.strip())
-    if lead or not re.fullmatch(r"[A-E]", gold.strip()):
+    if lead:
         return lead
-    return _CHOICE_LEAD.match(pred.strip())
+    letter = re.fullmatch(r"([A-E])", gold.strip())
+    return letter if letter and _CHOICE_LEAD.match(pred.strip()) else None
 
 
 def match(p: Node, g: Node, cmp: Comparator) -> bool:
