@@ -1,4 +1,4 @@
-"""Grading throughput (answers per second) on MATH-500 golds, with 2 worker processes.
+"""Grading throughput (answers per second) on MATH-500 golds, with the default worker pool.
 
 Mixes, each with a cold cache and warm workers:
   realistic: per problem 4 model-like answers: the gold boxed after some reasoning, a respaced/`\\dfrac`
@@ -49,15 +49,16 @@ def sympy_heavy(golds: list[str]) -> tuple[list[str], list[str]]:
 def timed(responses: list[str], golds: list[str]) -> tuple[float, list[bool]]:
     grader_module._CACHE.clear()
     start = time.perf_counter()
-    verdicts = grade_many(responses, golds, num_workers=2)
+    verdicts = grade_many(responses, golds)
     return time.perf_counter() - start, verdicts
 
 
 def main() -> None:
     golds = [p["answer"] for p in load_benchmark("math500")]
-    get_pool(2).warmup()
+    pool = get_pool()
+    pool.warmup()
     timed(["\\boxed{\\sqrt{2}}"], ["\\sqrt{2}"])  # workers have imported sympy
-    print(f"CPU cores visible: {os.cpu_count()}; grading workers: 2")
+    print(f"CPU cores visible: {os.cpu_count()}; grading workers: {pool.size}")
     print(f"{'mix':10} {'answers':>8} {'in-process':>11} {'seconds':>8} {'answers/s':>10} {'accepted':>9}")
     responses, targets = realistic(golds)
     fast = [

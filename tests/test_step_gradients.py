@@ -101,6 +101,7 @@ def test_recomputed_micro_batches_replay_the_scored_dropout(tiny, prompts_file, 
     """With micro-batches the update recomputes each student forward; with dropout it must draw the scored
     forward's masks, or the statistics pass's gradient would belong to other hidden states."""
     import tiplight.module
+    import tiplight.passes
 
     seen = []
 
@@ -113,7 +114,8 @@ def test_recomputed_micro_batches_replay_the_scored_dropout(tiny, prompts_file, 
     from tiplight.stats import completion_hidden
 
     module = make_module(tiny, selector=SoftOrTopK(0.5), lora=LoRA(r=4, alpha=8, dropout=0.5), micro_batch_size=3)
-    monkeypatch.setattr(tiplight.module, "completion_hidden", recording)
+    monkeypatch.setattr(tiplight.passes, "completion_hidden", recording)  # scoring
+    monkeypatch.setattr(tiplight.module, "completion_hidden", recording)  # the update's recompute
     make_trainer(tmp_path, max_steps=1, callbacks=[NonzeroLoRA()]).fit(module, make_data(prompts_file))
     assert len(seen) == 6  # 3 micro-batches of 8 rollouts, scored then recomputed
     for a, b in zip(seen[:3], seen[3:], strict=True):

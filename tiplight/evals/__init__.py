@@ -1,7 +1,8 @@
 """Math answer checking, benchmarks (MATH-500, AIME 2024/2025) and the evaluation callback.
 
-`grade`/`extract_answer`/`grade_many` are light (no torch). The callback and the metrics import
-Lightning and torchmetrics lazily, so grading workers and scripts that only grade stay fast to start.
+`grade`/`extract_answer`/`grade_many`/`warmup` are light (no torch; sympy and Math-Verify load only in
+the grading worker processes, which `warmup()` starts and waits for). The callback and the metrics
+import Lightning and torchmetrics lazily, so grading workers and scripts that only grade stay fast.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from tiplight.evals.benchmarks import BENCHMARKS, load_benchmark, register_benchmark
 from tiplight.evals.extract import extract_answer
-from tiplight.evals.grader import grade, grade_many
+from tiplight.evals.grader import grade, grade_many, warmup
 
 __all__ = [
     "BENCHMARKS",
@@ -20,6 +21,7 @@ __all__ = [
     "grade_many",
     "load_benchmark",
     "register_benchmark",
+    "warmup",
 ]
 
 

@@ -19,8 +19,11 @@ _SYMBOL = re.compile(r"[A-Za-z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _FLIP = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le", "=": "=", "\\ne": "\\ne"}
 MAX_ITEMS = 64
+_SUBSCRIPT = re.compile(r"_\{[^{}]{0,20}\}|_[0-9A-Za-z]")
+_LABEL = re.compile(r"(?:\\[A-Za-z]+|[A-Za-z(),|:{} ])+")
 _CHOICE = re.compile(r"\(([A-E])\)")
 _CHOICE_PREFIX = re.compile(r"\(?([A-Ea-e])(?:\)|$)")
+_CHOICE_LEAD = re.compile(r"\(?([A-E])(?:\)|[.:]\s)")  # "C. x = 42", "(C) 12", "C: 12"
 
 
 class Undecided(Exception):
@@ -96,10 +99,10 @@ def numbers_match(p: Fraction, p_dec: int | None, g: Fraction, g_dec: int | None
 
 def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     """Is the (extracted) pred answer equivalent to the gold answer? May raise `Undecided`."""
-    choice = _CHOICE.fullmatch(text_key_raw(gold))
+    choice = _CHOICE.fullmatch(text_key_raw(gold)) or _choice_with_text(gold, pred)
     if choice:  # multiple choice: "C", "(C)", "\\text{(C)}", or "(C) 12" with the value after the letter
         key = text_key_raw(pred)
-        stated = _CHOICE_PREFIX.match(key)
+        stated = _CHOICE_PREFIX.match(key) or _CHOICE_LEAD.match(pred.strip())  # "C. x = 42"
         hedged = len(set(re.findall(r"\(([A-Ea-e])\)", key.upper()))) > 1  # "(C) and (D)"
         return bool(stated) and not hedged and stated.group(1).lower() == choice.group(1).lower()
     if is_text_answer(gold):
@@ -110,6 +113,16 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
     if p == g:
         return True
     return match(parse_node(p), parse_node(g), comparator)
+
+
+def _choice_with_text(gold: str, pred: str) -> re.Match | None:
+    """The gold's choice letter when a choice is written with its content: the gold "C. x = 42", or a
+    letter gold "C" answered with "C. x = 42" (or any other letter and content)."""
+    lead = _CHOICE_LEAD.match(gold.strip())
+    if lead:
+        return lead
+    letter = re.fullmatch(r"([A-E])", gold.strip())
+    return letter if letter and _CHOICE_LEAD.match(pred.strip()) else None
 
 
 def match(p: Node, g: Node, cmp: Comparator) -> bool:
@@ -123,8 +136,10 @@ def match(p: Node, g: Node, cmp: Comparator) -> bool:
         return p.kind == "scalar" and cmp.scalar(p.text, g.text)
     if g.kind == "relation":
         return _match_relation(p, g, cmp)
+    if g.kind == "list" and p.kind == "bracket" and _assignments(g):  # gold "p=5, q=2", pred "(5, 2)"
+        return _match_ordered(p.items, tuple(item.items[-1] for item in g.items), cmp)
     if g.kind in ("set", "list", "pm"):
-        return p.kind in ("set", "list", "pm") and _match_multiset(p.items, g.items, cmp)
+        return p.kind in ("set", "list", "pm") and _match_multiset(_distinct_tuples(p.items), g.items, cmp)
     if g.kind == "union":
         return p.kind == "union" and _match_multiset(p.items, g.items, cmp)
     if g.kind == "bracket":
@@ -161,6 +176,37 @@ def _match_multiset(ps: tuple[Node, ...], gs: tuple[Node, ...], cmp: Comparator)
     return True
 
 
+def _assignments(n: Node) -> bool:
+    """`p=5, q=2`: a list of values each named by a label."""
+    return all(_is_chain(item) and len(item.ops) == 1 and _is_label(item.items[0]) for item in n.items)
+
+
+def _distinct_tuples(items: tuple[Node, ...]) -> tuple[Node, ...]:
+    """A solution set of tuples listed with a repeat (`(3,17,3,7), ..., (3, 17, 3, 7)`) is the set;
+    repeated numbers are kept (`1, 2, 2` is not the answer `1, 2`: multiplicities may be the point)."""
+    if not items or any(item.kind != "bracket" for item in items):
+        return items
+    seen: dict[str, Node] = {}
+    for item in items:
+        seen.setdefault(item.text.replace(" ", ""), item)
+    return tuple(seen.values())
+
+
+def _is_chain(n: Node) -> bool:
+    """`x = a` or `x = a = b = c`: a worked value, whose last member is the value stated."""
+    return n.kind == "relation" and bool(n.ops) and set(n.ops) == {"="}
+
+
+def _is_inequality(n: Node) -> bool:
+    return n.kind == "relation" and bool(n.ops) and all(o in ("<", ">", "\\le", "\\ge") for o in n.ops)
+
+
+def _is_label(n: Node) -> bool:
+    """A name for the answer rather than a quantity: `x`, `f(x)`, `(p,q)`, `|AB|`, `A:B`, `a_1`, `\\angle A`."""
+    text = _SUBSCRIPT.sub("", n.text)
+    return bool(text) and bool(_LABEL.fullmatch(text)) and bool(re.search(r"[A-Za-z]", text))
+
+
 def _is_symbol(n: Node) -> bool:
     return n.kind == "scalar" and bool(_SYMBOL.fullmatch(n.text))
 
@@ -172,9 +218,21 @@ def _is_constant(n: Node) -> bool:
 
 def _match_relation(p: Node, g: Node, cmp: Comparator) -> bool:
     gl = g.items
-    if g.ops == ("=",) and _is_symbol(gl[0]) and _is_constant(gl[1]) and p.kind != "relation":
-        return match(p, gl[1], cmp)  # gold "x = 5" asks for the value of x; pred "5" states it
-    if g.ops and g.ops[0] in ("<", ">", "\\le", "\\ge") and p.kind in ("bracket", "union"):
+    if g.ops == ("=",) and p.kind != "relation" and _is_label(gl[0]):
+        # gold "x = 5", "f(x) = 1", "(p,q) = (3,2)", "|AB| = 1", "y = 2x + 3" names its value; pred
+        # "5" or "2x + 3" states it (as Math-Verify and NeMo-Skills accept)
+        return match(p, gl[1], cmp)
+    if _is_chain(p) and _is_chain(g) and _is_label(g.items[0]) and p.items[0].text == g.items[0].text:
+        return match(p.items[-1], g.items[-1], cmp)  # "x = 5+5+1 = 11" states x = 11
+    if p.kind == "relation" and p.ops == ("\\in",) and _is_inequality(g):
+        p = p.items[-1]  # "x \in [1, 2]" against "1 \le x \le 2"
+    if g.ops == ("\\ne",) and p.kind == "union" and _is_label(gl[0]):  # x != 3: (-oo, 3) U (3, oo)
+        below, above = (
+            inequality_to_interval(Node("relation", items=gl, ops=("<",))),
+            inequality_to_interval(Node("relation", items=gl, ops=(">",))),
+        )
+        return match(p, Node("union", items=(below, above)), cmp)
+    if _is_inequality(g) and p.kind in ("bracket", "union"):
         interval = inequality_to_interval(g)
         return interval is not None and match(p, interval, cmp)
     if p.kind != "relation" or len(p.ops) != len(g.ops):
@@ -202,9 +260,9 @@ def inequality_to_interval(g: Node) -> Node | None:
         return _two_sided(items, ops, strict)
     if len(ops) != 1 or ops[0] not in strict:
         return None
-    if _is_symbol(items[0]):
+    if _is_label(items[0]):
         op, bound = ops[0], items[1]
-    elif _is_symbol(items[1]):
+    elif _is_label(items[1]):
         op, bound = _FLIP[ops[0]], items[0]
     else:
         return None
@@ -217,7 +275,7 @@ def inequality_to_interval(g: Node) -> Node | None:
 
 
 def _two_sided(items: tuple[Node, ...], ops: tuple[str, ...], strict: dict[str, bool]) -> Node | None:
-    if ops[0] not in ("<", "\\le") or ops[1] not in ("<", "\\le") or not _is_symbol(items[1]):
+    if ops[0] not in ("<", "\\le") or ops[1] not in ("<", "\\le") or not _is_label(items[1]):
         return None
     return Node(
         "bracket",
@@ -225,3 +283,11 @@ def _two_sided(items: tuple[Node, ...], ops: tuple[str, ...], strict: dict[str, 
         open="(" if strict[ops[0]] else "[",
         close=")" if strict[ops[1]] else "]",
     )
+
+
+def final_rejection(pred: str, gold: str) -> bool:
+    """Is an in-process rejection certain? Yes when both answers are plain numbers (compared exactly)
+    or the gold is a choice letter or words; otherwise a worker reads the response again."""
+    if _CHOICE.fullmatch(text_key_raw(gold)) or is_text_answer(gold):
+        return True
+    return exact_number(clean(pred)) is not None and exact_number(clean(gold)) is not None

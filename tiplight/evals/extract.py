@@ -2,9 +2,13 @@
 
 Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
 is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
-self-correction overrides an earlier box. Without candidates, a short response that is just an
-expression is its own answer; then a final `**bold**`; the last number is the last resort.
-All scans are linear (brace matching and regexes without nested quantifiers) so a huge input is safe.
+self-correction overrides an earlier box. Boxes joined only by ",", "and", "or" or
+`\\quad\\text{and}\\quad` form one list answer; an answer sentence in prose ("The largest $n$ is 34")
+gives the value after its verb. Without candidates, a short response that is just an expression is its
+own answer; then a final `**bold**`; the last number (or the comma list it ends) is the last resort.
+All scans are linear (brace matching, bounded gaps, and regexes without adjacent quantifiers over the
+same characters) so a huge input is safe; this reader runs in-process, so it must be. Math-Verify's
+extraction reads the response again in a worker (`mathverify.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ _STOP_TOKENS = (
     "</s>", "<|end|>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<end_of_turn>",
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+# no two adjacent quantifiers over the same characters: `\s*\**\s*` backtracks quadratically on a
+# whitespace run ("final answer" + 30000 spaces took 41 s)
 _SENTENCE = re.compile(
-    r"(?:\bfinal\s+answer\s*\**\s*(?:is|:|=)|\banswer\s+is\s*:?|(?:^|\n)[ \t*#]*answer\s*\**\s*:)[ \t*:]*",
+    r"(?:\bfinal\s+answer(?:\s*\*+)?\s*(?:is|:|=)|\banswer\s+is(?:\s*:)?|(?:^|\n)[ \t*#]*answer(?:\s*\*+)?\s*:)",
     re.I,
 )
 _BARE_TOKEN = re.compile(r"\s*([^\s$.,]{1,200})")
@@ -26,9 +32,13 @@ _HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
 _DOLLAR = re.compile(r"(?<!\\)\$\$?")
 _PAREN_MATH = re.compile(r"\\\((.{1,300}?)\\\)")
 _BOLD = re.compile(r"\*\*([^*\n]{1,80})\*\*")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?![\w.]\d)")
+_NUMBER = re.compile(r"(?<![\w./])-?\d+(?:(?:,|,\\!|\{,\})\d{3})*(?:\.\d+)?(?:/\d+)?(?![\w./]\d)")
+_NUMBER_LIST_GAP = re.compile(r",[ \t]?$")  # "1, 1, 1": a list, not its last number
+_VERB = re.compile(r"\b(?:is|are|equals|be|was|were|gives|becomes|get)\b")
 _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
-_BOX_JOIN = re.compile(r"[\s$]*(?:,|and|\\text\{\s*and\s*\}|;)?[\s$]*")
+_JOIN_NOISE = re.compile(r"\\(?:q?quad|text|mbox|mathrm|[,;:! ])|[${}()\\\s.]|\b[a-zA-Z](?:_\d+)?\s*=")
+_JOIN_WORDS = {"", ",", ";", "and", "or", "andalso", ",and", ",or", "&", "&&"}
+MAX_JOIN_GAP = 80
 
 
 def cut_template_tail(text: str) -> str:
@@ -73,7 +83,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
             if not tok:
                 continue
             content, end = tok.group(1), tok.end()
-        if out and out[-1][1] <= m.start() and _BOX_JOIN.fullmatch(text[out[-1][1] : m.start()]):
+        if out and out[-1][1] <= m.start() and _joins_boxes(text[out[-1][1] : m.start()]):
             start, _, prev = out.pop()
             out.append((start, end, f"{prev}, {content}"))
         elif not out or m.start() >= out[-1][1]:  # skip boxes nested in the previous one
@@ -81,9 +91,17 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def _joins_boxes(gap: str) -> bool:
+    """Is the text between two boxes only a list separator: ",", "and", "or", `\\quad\\text{and}\\quad`,
+    `$ or $x =`? Only short gaps are looked at, so this stays linear in the response."""
+    if len(gap) > MAX_JOIN_GAP:
+        return False
+    return _JOIN_NOISE.sub("", gap).lower() in _JOIN_WORDS
+
+
 def _sentence_answer(text: str, start: int) -> str | None:
     """The answer stated right after an answer phrase: math in delimiters, or up to the sentence end."""
-    rest = text[start : start + 1000].lstrip()
+    rest = text[start : start + 1000].lstrip().lstrip("*: \t").lstrip()
     if rest.startswith(("\\boxed", "\\fbox")):
         return None  # the box itself is a candidate
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
@@ -92,7 +110,23 @@ def _sentence_answer(text: str, start: int) -> str | None:
             return rest[len(left) : end].strip() if end > 0 else None
     m = re.match(r"(.+?)(?:\.\s|\.$|\n|$)", rest)
     answer = _HOPE.sub("", m.group(1)).strip().strip("*").rstrip("?!").strip() if m else ""
-    return answer or None
+    return _statement_value(answer) or None
+
+
+def _statement_value(answer: str) -> str:
+    """The value stated in an answer sentence: "The largest $n$ is 34" -> "34", "the area equals
+    $\\frac{9}{2}$ square units" -> "\\frac{9}{2}"; an answer without prose is kept whole."""
+    if len(_PROSE_WORD.findall(_strip_text_commands(answer))) < 2:
+        return answer
+    verbs = list(_VERB.finditer(answer))
+    tail = answer[verbs[-1].end() :].strip() if verbs else answer
+    math = _last_inline_math(tail)  # "the largest $n$ is 34": not the $n$ before the verb
+    if math:
+        return math[2]
+    if tail and len(_PROSE_WORD.findall(tail)) <= 1 and len(tail) <= 80:
+        return tail
+    numbers = list(_NUMBER.finditer(answer))
+    return numbers[-1].group(0) if numbers else answer
 
 
 def _mathy(answer: str) -> bool:
@@ -138,7 +172,21 @@ def extract_answer(text: str) -> str | None:
     numbers = list(_NUMBER.finditer(tail))
     if math and (not numbers or numbers[-1].start() < math[1]):
         return math[2]  # "It equals $\\frac{1}{2}$.": the last number would be the denominator
-    return numbers[-1].group(0) if numbers else None
+    return _last_number_or_list(tail, numbers) if numbers else None
+
+
+def _last_number_or_list(text: str, numbers: list[re.Match]) -> str:
+    """The last number, or the whole comma list it ends ("the values are 1, 1, 1" -> "1, 1, 1")."""
+    first = len(numbers) - 1
+    while first > 0 and _NUMBER_LIST_GAP.search(text[numbers[first - 1].end() : numbers[first].start()]):
+        first -= 1
+    if first == len(numbers) - 1:
+        return numbers[-1].group(0)
+    return ", ".join(m.group(0) for m in numbers[first:])
+
+
+def _strip_text_commands(text: str) -> str:
+    return re.sub(r"\\(?:text|mathrm|mbox|textbf|begin|end)\{[^{}]*\}", "", text)
 
 
 def _last_inline_math(text: str) -> tuple[int, int, str] | None:
@@ -159,8 +207,7 @@ def _looks_like_expression(text: str) -> bool:
         return False
     if _DOLLAR.search(text) and not (text.startswith("$") and text.endswith("$")):
         return False  # prose around math mode: "So $$\\frac{1}{2}$$"
-    latex_free = re.sub(r"\\(?:text|mathrm|mbox|textbf|begin|end)\{[^{}]*\}", "", text)
-    prose = _PROSE_WORD.findall(latex_free)
+    prose = _PROSE_WORD.findall(_strip_text_commands(text))
     if not [w for w in prose if w.lower() not in ("and", "or")]:
         return True
     # a few words without a full stop: "Evelyn", "no solution", "5 apples"; not "Therefore x = 5."

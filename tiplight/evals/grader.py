@@ -1,8 +1,21 @@
-"""`grade` and `grade_many`: extraction and the exact fast path in-process, sympy in killable workers.
+"""`grade` and `grade_many`: linear-time extraction and exact numbers in-process, the rest in workers.
 
 The common case (identical strings, integers, fractions, decimals, base-b numerals, words, and any
-structure of those) costs microseconds and never leaves the process. Only an undecided comparison
-goes to a worker subprocess (`pool.py`) with a hard deadline; a timeout or any failure grades False.
+structure of those) costs microseconds and never leaves the process. Anything else goes to a warm
+worker subprocess (`pool.py`) with a hard deadline, where two readers decide: tiplight's structural,
+exact-first comparison of the extracted answer, then Math-Verify's own extraction and comparison of
+the whole response under tiplight's guards (`mathverify.py`). Either accept counts; a timeout or any
+failure grades False. No text is ever evaluated.
+
+When `grade` is safe as an RL reward: call `warmup()` once, keep `timeout` >= 2 s, and verdicts are
+a function of (response, gold) alone: comparisons run on warm workers, an overrun is retried once on
+another warm worker, and only a comparison that overruns twice grades False (a pair that costly is
+what a reward should refuse anyway). It never accepts a list for a single gold (`1,1,1` for `1`),
+fewer or more items than a find-all gold, an inequality restated for a gold interval (`x > 3` for
+`(3, \\infty)`), complex infinity or nan, a decimal that is not the gold to the digits it gives,
+gold x 100 or gold / 100 for a percent, or an answer taken from a chat-template tail. It is lenient
+about notation (LaTeX or plain text, units, labels such as `x =`, `f(x) =`, `(p,q) =`), so it does not
+push a policy towards one style; reward well-formed LaTeX separately if you need it.
 """
 
 from __future__ import annotations
@@ -13,12 +26,15 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from tiplight.evals.equivalence import FastComparator, Undecided, equivalent
-from tiplight.evals.extract import extract_answer
-from tiplight.evals.pool import get_pool
+from tiplight.evals.equivalence import FastComparator, Undecided, equivalent, final_rejection
+from tiplight.evals.extract import cut_template_tail, extract_answer
+from tiplight.evals.pool import COLD_START_S, get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
-_CACHE: OrderedDict[tuple[str, str], bool] = OrderedDict()
+MAX_GOLD_SENT = 20_001  # longer golds are not read by Math-Verify (`mathverify.MAX_GOLD_CHARS`)
+MATH_VERIFY_SCAN = 10_000  # characters from the end of a response that Math-Verify reads (its final answer)
+SLACK_S = 0.75  # waiting for a warm worker, on top of the comparison's own timeout
+_CACHE: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 _CACHE_SIZE = 50_000
 _CACHE_LOCK = threading.Lock()
 
@@ -31,15 +47,20 @@ def gold_answer(gold: str) -> str:
 
 
 def fast_verdict(pred: str, gold: str) -> bool | None:
-    """The in-process verdict for an extracted pred vs a gold answer, or None when sympy is needed."""
+    """The in-process verdict for an extracted pred vs a gold answer, or None when a worker is needed.
+
+    True is final. False is final only when it is certain without another reading of the response:
+    both answers are plain numbers (exact comparison), or the gold is a word or choice answer.
+    """
     if pred.strip() == gold.strip():
         return True
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return False
     try:
-        return equivalent(pred, gold, FastComparator())
+        verdict = equivalent(pred, gold, FastComparator())
     except Undecided:
         return None
+    return True if verdict else (False if final_rejection(pred, gold) else None)
 
 
 def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
@@ -47,36 +68,42 @@ def _prepare(response: str, gold: str) -> tuple[str, str, bool | None]:
     try:
         if isinstance(gold, (int, float)) and not isinstance(gold, bool):
             gold = str(gold)  # AIME-style integer golds
-        pred = extract_answer(response)
-        if pred is None or not isinstance(gold, str):
+        if not isinstance(response, str) or not isinstance(gold, str):
             return "", "", False
-        gold = gold_answer(gold)
-        if not gold:
-            return pred, gold, False
-        return pred, gold, fast_verdict(pred, gold)
+        answer = gold_answer(gold)
+        if not answer:
+            return "", answer, False
+        pred = extract_answer(response)
+        if pred is None:
+            readable = response.strip() and len(answer) <= MAX_ANSWER_CHARS
+            return "", answer, None if readable else False  # Math-Verify may still find one
+        return pred, answer, fast_verdict(pred, answer)
     except Exception:  # a checker bug must cost one verdict, not a training run
         return "", "", False
 
 
-def _cached(key: tuple[str, str]) -> bool | None:
+def _cached(key: tuple[str, str, str]) -> bool | None:
     with _CACHE_LOCK:
         return _CACHE.get(key)
 
 
-def _remember(key: tuple[str, str], verdict: bool) -> None:
+def _remember(key: tuple[str, str, str], verdict: bool) -> None:
     with _CACHE_LOCK:
         _CACHE[key] = verdict
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
 
 
-def _slow_verdict(pred: str, gold: str, timeout: float, started: float) -> bool:
-    """Worker verdict within `timeout` seconds of `started`; timeouts are False and not cached."""
-    key = (pred, gold)
+def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: float, deadline: float) -> bool:
+    """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
+    `answer` is tiplight's reading of the `gold` string. Timeouts are False and not cached."""
+    tail = cut_template_tail(response)[-MATH_VERIFY_SCAN:]
+    key = (tail, pred, gold)
     hit = _cached(key)
     if hit is not None:
         return hit
-    verdict = get_pool().run(pred, gold, started + timeout)
+    payload = {"pred": pred, "gold": answer, "raw_gold": gold[:MAX_GOLD_SENT], "response": tail}
+    verdict = get_pool().run(payload, timeout, deadline)
     if verdict is None:
         return False
     _remember(key, verdict)
@@ -86,15 +113,21 @@ def _slow_verdict(pred: str, gold: str, timeout: float, started: float) -> bool:
 def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     """Is the final answer in `response` (a full model output or a bare answer) equivalent to `gold`?
 
-    Returns within `timeout` seconds (plus process start-up jitter), from any thread or process;
-    never raises; False on any failure or timeout.
+    Returns within `timeout` + 1 seconds, from any thread or process; never raises; False on any
+    failure or timeout. The one exception is the first call in a process that needs a worker: it
+    also waits for the pool to start (seconds of imports; `warmup()` does that up front), so that
+    start-up is never charged to a verdict. See the module docstring for RL-reward use.
     """
-    started = time.monotonic()
-    pred, gold, verdict = _prepare(response, gold)
+    deadline = time.monotonic() + timeout + SLACK_S
+    pool = get_pool()  # the first call starts the workers warming, even when its own verdict needs none
+    pred, answer, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict
+    if not pool.started.is_set():  # a new pool's start-up is not this comparison's time
+        pool.wait_started()
+        deadline = time.monotonic() + timeout + SLACK_S
     try:
-        return _slow_verdict(pred, gold, timeout, started)
+        return _slow_verdict(response, pred, answer, str(gold), timeout, deadline)
     except Exception:
         return False
 
@@ -104,25 +137,33 @@ def grade_many(
 ) -> list[bool]:
     """`grade` over pairs: fast paths in-process, the rest spread over a pool of worker processes.
 
-    `timeout` applies to each pair from the moment a worker is free for it.
+    `timeout` applies to each pair from the moment a warm worker takes it.
     """
     if len(responses) != len(golds):
         raise ValueError(
             f"grade_many got {len(responses)} responses but {len(golds)} golds; they must pair up."
         )
     prepared = [_prepare(r, g) for r, g in zip(responses, golds)]
-    verdicts = [v for _, _, v in prepared]
-    todo = sorted({(p, g) for p, g, v in prepared if v is None})
+    keys = [(r, p, a, str(g)) for r, g, (p, a, _) in zip(responses, golds, prepared)]
+    todo = sorted({k for k, (_, _, v) in zip(keys, prepared) if v is None})
+    slow: dict[tuple[str, str, str, str], bool] = {}
     if todo:
         pool = get_pool(num_workers)
 
-        def one(pair: tuple[str, str]) -> bool:
-            try:
-                return _slow_verdict(pair[0], pair[1], timeout, time.monotonic())
+        def one(item: tuple[str, str, str, str]) -> bool:
+            try:  # no per-call bound here: a pair may wait for a replacement worker to warm
+                return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + COLD_START_S)
             except Exception:
                 return False
 
         with ThreadPoolExecutor(max_workers=pool.size) as executor:
             slow = dict(zip(todo, executor.map(one, todo)))
-        verdicts = [slow[(p, g)] if v is None else v for p, g, v in prepared]
-    return [bool(v) for v in verdicts]
+    return [bool(slow[k] if v is None else v) for k, (_, _, v) in zip(keys, prepared)]
+
+
+def warmup() -> None:
+    """Start every grading worker and wait until each has imported sympy and Math-Verify (seconds).
+
+    Grading works without it; it moves the start-up cost out of the first timed grades.
+    """
+    get_pool().warmup()

@@ -18,11 +18,15 @@ _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\{\}\^\\
 _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
 _TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)")
 _REPEATING = re.compile(r"(\d*)\.(\d{0,20})\\overline\{(\d{1,20})\}")
-_PERCENT = re.compile(r"\\?%")
+_PERCENT = re.compile(r"\\?%|(?<=\d)\s?(?:pct|percentage|percent)\b\.?")
 _EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\s*\{,\}\s*|\s*,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
 _PLAIN_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 _RELATION_ALIASES = {
+    ">=": "\\ge",
+    "<=": "\\le",
+    "!=": "\\ne",
+    "=<": "\\le",
     "\\leqslant": "\\le",
     "\\geqslant": "\\ge",
     "\\leq": "\\le",
@@ -75,6 +79,11 @@ _FRAC_SHORT = (
     (re.compile(r"\\sqrt\s*\(([^()]*)\)"), r"\\sqrt{\1}"),
     (re.compile(r"\\sqrt\s*([a-zA-Z])"), r"\\sqrt{\1}"),
 )
+# plain-text (sympy/Python-style) answers: `exp(16)`, `pi/2`, `-2*pi`, `sqrt(3)/2`, `x**2`
+_PLAIN_FUNCTION = re.compile(
+    r"(?<![\\A-Za-z])(sqrt|exp|sin|cos|tan|sec|csc|cot|arcsin|arccos|arctan|ln|log|pi)(?![A-Za-z])"
+)
+_STAR = re.compile(r"(?<!\*)\*(?!\*)")
 _AND_OR = re.compile(r"\s*(?:\\text\{\s*(?:and|or)\s*\}|\band\b|\bor\b|&&)\s*")
 
 
@@ -128,6 +137,7 @@ def clean(s: str) -> str:
     s = re.sub(r",\s*,", ",", _AND_OR.sub(", ", s))
     s = _TEXT_WRAP.sub(lambda m: m.group(1).strip(), s)
     s = _REPEATING.sub(_repeating_as_fraction, s)
+    s = plain_to_latex(s)
     for pattern, repl in _FRAC_SHORT:
         s = pattern.sub(repl, s)
     s = " ".join(s.split()).rstrip("\\").rstrip()  # a stray trailing backslash is noise
@@ -135,6 +145,13 @@ def clean(s: str) -> str:
     if _PLAIN_THOUSANDS.match(s) or _SPACE_THOUSANDS.match(s):
         s = s.replace(",", "").replace(" ", "")
     return s
+
+
+def plain_to_latex(s: str) -> str:
+    """Plain-text math as LaTeX: `exp(16)` -> `e^(16)`, `pi/2` -> `\\pi/2`, `2*x**2` -> `2\\cdot x^2`."""
+    s = _PLAIN_FUNCTION.sub(lambda m: "e^" if m.group(1) == "exp" else "\\" + m.group(1) + " ", s)
+    s = s.replace("e^ (", "e^(").replace("**", "^")
+    return _STAR.sub(lambda _: "\\cdot ", s)
 
 
 def _repeating_as_fraction(m: re.Match) -> str:

@@ -89,25 +89,30 @@ def parse_node(s: str, depth: int = 0) -> Node:
     if m:
         rows = [r for r in m.group(2).split("\\\\") if r.strip()]
         return Node("matrix", items=tuple(Node("list", items=_scalars(r.split("&"))) for r in rows))
-    pieces = split_top(s, (",", ";"))[0]
+    pieces, seps = split_top(s, (",", ";"))
+    if ";" in seps and "," in seps:  # `p=5,q=2;p=7,q=2`: semicolons separate the groups
+        pieces = split_top(s, (";",))[0]
     if len(pieces) > 1:
-        return Node("list", items=tuple(parse_node(p, depth + 1) for p in pieces if p))
+        return Node("list", s, items=tuple(parse_node(p, depth + 1) for p in pieces if p))
     parts, ops = split_top(s, _RELATIONS)
     if ops and all(parts):
-        return Node("relation", items=tuple(parse_node(p, depth + 1) for p in parts), ops=tuple(ops))
+        return Node("relation", s, items=tuple(parse_node(p, depth + 1) for p in parts), ops=tuple(ops))
     parts, ops = split_top(s, ("\\cup",))
     if ops:
-        return Node("union", items=tuple(parse_node(p, depth + 1) for p in parts))
+        return Node("union", s, items=tuple(parse_node(p, depth + 1) for p in parts))
     if s.startswith("\\{") and s.endswith("\\}") and _outer_set(s):
         inner = s[2:-2].strip()
         return Node(
-            "set", items=tuple(parse_node(p, depth + 1) for p in split_top(inner, (",", ";"))[0] if p)
+            "set", s, items=tuple(parse_node(p, depth + 1) for p in split_top(inner, (",", ";"))[0] if p)
         )
+    if s[0] == "{" and s[-1] == "}" and _outer_pair(s) and "," in s:  # `{-2021, 2021}`: a set, unescaped
+        return parse_node("\\{" + s[1:-1] + "\\}", depth + 1)
     if s[0] in "([" and s[-1] in ")]" and _outer_pair(s):
-        pieces = split_top(s[1:-1], (",",))[0]
+        pieces = split_top(s[1:-1], (",", ";"))[0]  # `(1; 2)`: a pair written with a semicolon
         if len(pieces) == 1:
             return parse_node(pieces[0], depth + 1)
-        return Node("bracket", items=tuple(parse_node(p, depth + 1) for p in pieces), open=s[0], close=s[-1])
+        items = tuple(parse_node(p, depth + 1) for p in pieces)
+        return Node("bracket", s, items=items, open=s[0], close=s[-1])
     for pm in ("\\pm", "\\mp"):
         if s.count(pm) == 1:
             plus, minus = ("+", "-") if pm == "\\pm" else ("-", "+")

@@ -11,11 +11,11 @@ started at once, so nobody waits for a hung worker. Workers exit by themselves w
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import json
 import logging
 import os
-import queue
 import select
 import subprocess
 import sys
@@ -26,15 +26,19 @@ from pathlib import Path
 logger = logging.getLogger("tiplight.evals")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
-DEFAULT_WORKERS = min(8, os.cpu_count() or 1)  # each worker holds sympy (~150 MB); most grades never need one
+COLD_START_S = 120.0  # longest wait for a new pool's first warm worker (imports take seconds under load)
+# each worker holds sympy and Math-Verify (~200 MB, idle unless asked); at least 4, so that two workers
+# killed by one overrunning comparison (and its retry) leave warm ones while their replacements start
+DEFAULT_WORKERS = min(8, max(4, os.cpu_count() or 1))
 
 
 class Worker:
-    """One grading subprocess."""
+    """One grading subprocess; it imports everything at start and says `ready` before taking work."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tiplight.evals.pool"],
             stdin=subprocess.PIPE,
@@ -44,13 +48,10 @@ class Worker:
             bufsize=0,
         )
         self._buffer = b""
+        self.ready = False
 
-    def request(self, pred: str, gold: str, deadline: float) -> bool | None:
-        """Send one comparison; its verdict, or None on timeout or a dead worker."""
-        try:
-            self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold}).encode() + b"\n")
-        except (BrokenPipeError, OSError):
-            return None
+    def _read_line(self, deadline: float) -> dict | None:
+        """The next reply line, or None on timeout or a dead worker."""
         fd = self.proc.stdout.fileno()
         while b"\n" not in self._buffer:
             remaining = deadline - time.monotonic()
@@ -61,7 +62,27 @@ class Worker:
                 return None
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        reply = json.loads(line)
+        return json.loads(line)
+
+    def wait_ready(self, deadline: float) -> bool:
+        """Wait (until `deadline`) for the worker's imports to finish."""
+        if not self.ready:
+            self.ready = bool((self._read_line(deadline) or {}).get("ready"))
+        return self.ready
+
+    def send(self, payload: dict) -> bool:
+        """Send one comparison; False when the worker is gone."""
+        try:
+            self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def verdict(self, deadline: float) -> bool | None:
+        """The reply to the comparison sent last, or None on timeout or a dead worker."""
+        reply = self._read_line(deadline)
+        if reply is None:
+            return None
         for note in reply.get("notes", ()):
             logger.debug("grader: %s", note)
         return bool(reply["ok"])
@@ -74,60 +95,154 @@ class Worker:
             self.proc.wait(timeout=1.0)
 
 
+class _Waiter:
+    """A caller waiting for a worker: `_checkin` hands one over and sets the event."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.worker: Worker | None = None
+
+
 class WorkerPool:
-    """Up to `size` workers, shared by any number of threads."""
+    """`size` workers shared by any number of threads, all started (warming) when the pool is made.
+
+    A worker is handed out only once warm (its imports done, in a background thread), so start-up is
+    never charged to a comparison; a comparison's clock starts when a warm worker takes it. One that
+    overruns is retried once on another warm worker while the caller's deadline allows; the overrunning
+    worker is killed and a replacement starts warming at once.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = max(1, size)
-        self._idle: queue.Queue[Worker] = queue.LifoQueue()
-        self._lock = threading.Lock()
-        self._count = 0
+        self._idle: list[Worker] = []
+        self._waiters: collections.deque[_Waiter] = collections.deque()  # first come, first served
+        self._cond = threading.Condition()
+        self._warming = 0
         self.replaced = 0
+        self.retried = 0
+        self.started = threading.Event()  # set once any worker has finished its imports
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """Start a worker; a background thread hands it to the idle list once it is warm."""
+        with self._cond:
+            self._warming += 1
+        worker = Worker()
+        threading.Thread(target=self._warm, args=(worker,), daemon=True).start()
+
+    def _warm(self, worker: Worker) -> None:
+        ready = worker.wait_ready(time.monotonic() + COLD_START_S)
+        if not ready:
+            logger.warning(
+                "grader: a worker did not start within %.0f s; running with one fewer", COLD_START_S
+            )
+            worker.kill()
+        if ready:
+            self._checkin(worker)
+            self.started.set()
+        with self._cond:
+            self._warming -= 1
+            self._cond.notify_all()
 
     def _checkout(self, deadline: float) -> Worker | None:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._count < self.size:
-                self._count += 1
-                return Worker()
-        try:
-            return self._idle.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
+        """A warm idle worker, waited for until `deadline` (None after it). Waiting callers are served in
+        arrival order: a caller never loses its turn to later arrivals, however many threads grade."""
+        with self._cond:
+            if self._idle and not self._waiters:
+                return self._idle.pop()
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if waiter.worker is None:  # timed out before a worker was handed over
+                self._waiters.remove(waiter)
+            return waiter.worker
 
-    def run(self, pred: str, gold: str, deadline: float) -> bool | None:
-        """Compare in a worker before `deadline` (time.monotonic); None when it did not finish."""
-        worker = self._checkout(deadline)
-        if worker is None:
-            return None
-        verdict = worker.request(pred, gold, deadline)
-        if verdict is None:  # overran or died: replace it now, never wait for it
-            logger.debug("grader: worker timed out or died on %r vs %r; replacing it", pred[:80], gold[:80])
+    def _checkin(self, worker: Worker) -> None:
+        """Hand a free worker to the longest-waiting caller, or keep it idle."""
+        with self._cond:
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.worker = worker
+                waiter.event.set()
+            else:
+                self._idle.append(worker)
+
+    def _replace(self, worker: Worker) -> None:
+        """Kill an overrunning worker and start a replacement, off the caller's path (no reaping wait)."""
+        worker.proc.kill()
+        self.replaced += 1
+
+        def reap_and_restart() -> None:
             worker.kill()
-            self.replaced += 1
-            self._idle.put(Worker())
-        else:
-            self._idle.put(worker)
-        return verdict
+            self._spawn()
 
-    def warmup(self) -> None:
-        """Start every worker now (each imports sympy, ~1 s) so the first grades are not slowed."""
-        with self._lock:
-            while self._count < self.size:
-                self._count += 1
-                self._idle.put(Worker())
+        threading.Thread(target=reap_and_restart, daemon=True).start()
+
+    def run(self, payload: dict, timeout: float, deadline: float) -> bool | None:
+        """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun,
+        never past `deadline` (time.monotonic). None when no attempt finished.
+
+        When the caller's deadline (not the comparison's own timeout) cuts the wait, the worker is not
+        killed: a background thread lets it finish and returns it to the pool, so a busy period costs
+        no workers and no cold restarts."""
+        for attempt in range(2):
+            worker = self._checkout(deadline)
+            if worker is None:
+                return None
+            if time.monotonic() >= deadline:  # handed over just too late: keep it, unused and alive
+                self._checkin(worker)
+                return None
+            self.retried += attempt  # counted when the retry is dispatched
+            own_limit = time.monotonic() + timeout
+            verdict = worker.verdict(min(own_limit, deadline)) if worker.send(payload) else None
+            if verdict is not None:
+                self._checkin(worker)
+                return verdict
+            if time.monotonic() < own_limit and worker.proc.poll() is None:
+                self._drain(worker, own_limit)
+                return None
+            logger.debug("grader: worker overran on %r; replacing it", str(payload.get("pred"))[:80])
+            self._replace(worker)
+        return None
+
+    def _drain(self, worker: Worker, own_limit: float) -> None:
+        """Let a worker finish a comparison its caller stopped waiting for, then return it to the pool
+        (or replace it if the comparison overruns its own limit)."""
+
+        def finish() -> None:
+            if worker.verdict(own_limit) is None:
+                self._replace(worker)
+            else:
+                self._checkin(worker)
+
+        threading.Thread(target=finish, daemon=True).start()
+
+    def wait_started(self, timeout: float = COLD_START_S) -> None:
+        """Block until one worker of a new pool is warm (the pool's start-up, never a comparison's)."""
+        self.started.wait(timeout)
+
+    def warmup(self, timeout: float = COLD_START_S) -> None:
+        """Wait until every worker started so far has finished its imports (seconds on a loaded machine)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._warming and time.monotonic() < deadline:
+                self._cond.wait(deadline - time.monotonic())
+
+    def grow(self, size: int) -> None:
+        """Add workers up to `size`."""
+        with self._cond:
+            extra, self.size = size - self.size, max(self.size, size)
+        for _ in range(max(0, extra)):
+            self._spawn()
 
     def close(self) -> None:
         """Kill all idle workers."""
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                break
-        self._count = 0
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.kill()
 
 
 _POOL: WorkerPool | None = None
@@ -142,7 +257,7 @@ def get_pool(size: int | None = None) -> WorkerPool:
         if _POOL is None or os.getpid() != _POOL_PID:
             _POOL, _POOL_PID = WorkerPool(size or DEFAULT_WORKERS), os.getpid()
         elif size and size > _POOL.size:
-            _POOL.size = size
+            _POOL.grow(size)
         return _POOL
 
 
@@ -155,7 +270,7 @@ atexit.register(_shutdown)
 
 
 def _serve() -> None:
-    """Worker main loop: one JSON request per line in, one verdict per line out."""
+    """Worker main loop: imports first, then `ready`, then one JSON request per line in, one verdict out."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
     try:
@@ -165,13 +280,25 @@ def _serve() -> None:
     except (ImportError, ValueError, OSError):
         pass
     from tiplight.evals.equivalence import equivalent
-    from tiplight.evals.symbolic import SympyComparator
+    from tiplight.evals.mathverify import verdict as math_verify_verdict
+    from tiplight.evals.symbolic import SympyComparator, warm_imports
 
+    warm_imports()
+    out.write(b'{"ready": true}\n')
     for line in sys.stdin.buffer:
         comparator = SympyComparator()
         try:
             request = json.loads(line)
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
+            if not ok and request.get("response") and not comparator.refused:
+                settled = not comparator.unsure
+                ok = math_verify_verdict(
+                    request["response"],
+                    request.get("raw_gold", request["gold"]),
+                    request["pred"],
+                    request["gold"],
+                    settled,
+                )
         except BaseException as exc:  # any failure, including MemoryError and RecursionError, is "not equal"
             ok = False
             comparator.notes.append(f"{type(exc).__name__}: {str(exc)[:100]}")

@@ -18,9 +18,12 @@ MAX_LEN = 400  # characters of one scalar; longer strings are compared as string
 MAX_EXPONENT = 10_000
 MAX_FACTORIAL = 3_000
 MAX_DEPTH = 24
+NUMERIC_DIGITS = 100
+AGREE = 1e-80  # relative agreement of two exact constants at NUMERIC_DIGITS digits that counts as equal
 _DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d+)(?![\d.])")
 _MIXED = re.compile(r"(?<![\d.}^_)])(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}")
-_IMPLICIT_PRODUCT = re.compile(r"(?<=[\d)])\s*\((?!\s*\))")
+# `2(x)` and `)(` are products; `\sec^2(y)` is a power of a function applied to (y)
+_IMPLICIT_PRODUCT = re.compile(r"(?<=[\d)])(?<!\^\d)\s*\((?!\s*\))")
 _EXPONENT = re.compile(r"\^\s*(\{|\d+|\\?[A-Za-z]+)")
 _FACTORIAL = re.compile(r"(\d+)\s*!")
 _BIG_INT = re.compile(r"\d{60,}")
@@ -106,6 +109,8 @@ class SympyComparator(FastComparator):
 
     def __init__(self) -> None:
         self.notes: list[str] = []  # why a comparison failed (parse errors, refusals), for logging
+        self.unsure = False  # a side could not be parsed: the rejection is not settled
+        self.refused = False  # a side is too costly to evaluate: no other reader is asked either
 
     def _parse_pair(self, pred: str, gold: str):
         """Both sides parsed, or (None, None) with a note naming the string that did not parse."""
@@ -115,6 +120,7 @@ class SympyComparator(FastComparator):
                 parsed.append(to_sympy(side))
             except Exception as exc:  # the grammar raises bare Exceptions on malformed input
                 self.notes.append(f"unparsable {side[:80]!r}: {str(exc).splitlines()[0][:80]}")
+                self.unsure = True
                 return None, None
         return parsed[0], parsed[1]
 
@@ -122,6 +128,7 @@ class SympyComparator(FastComparator):
         """Both sides parsed by sympy, or None when either is too costly (noted) or unparsable."""
         if too_costly(pred) or too_costly(gold):
             self.notes.append(f"refused as too costly: {pred[:60]!r} vs {gold[:60]!r}")
+            self.refused = True
             return None
         p, g = self._parse_pair(pred, gold)
         return None if p is None or g is None else (p, g)
@@ -145,37 +152,87 @@ class SympyComparator(FastComparator):
         if pair is None or not hasattr(pair[0], "free_symbols") or pair[1] == 0:
             return False
         p, g = pair
-        from sympy import simplify
-
-        ratio = simplify(p / g)
-        if ratio.free_symbols or ratio == 0 or not ratio.is_finite:
+        if _unevaluated(p) or _unevaluated(g):
             return False
-        return bool(ratio.is_positive) if positive else True
+        ratio = _numeric_ratio(p, g)
+        if ratio is None:  # not evaluable at points: decide symbolically
+            from sympy import simplify
+
+            exact = simplify(p / g)
+            if exact.free_symbols or exact == 0 or not exact.is_finite:
+                return False
+            return bool(exact.is_positive) if positive else True
+        return ratio != 0 and (ratio.real > 0 if positive else True)
+
+
+def _points(symbols, n: int = 6):
+    """`n` reproducible random points (values in ±[0.3, 3]) for the given symbols."""
+    rng = random.Random(0)
+    for _ in range(n):
+        yield {s: rng.choice([-1, 1]) * rng.uniform(0.3, 3.0) for s in symbols}
+
+
+def _numeric_ratio(p, g) -> complex | float | None:
+    """p / g when it is the same constant at random points (0 when it is not), None when the
+    expressions cannot be evaluated there. Decides linear and quadratic equations in milliseconds,
+    where `simplify` of the ratio takes a large share of a second."""
+    symbols = sorted(p.free_symbols | g.free_symbols, key=lambda s: s.name)
+    first = None
+    for point in _points(symbols):
+        try:
+            pv, gv = complex(p.evalf(30, subs=point)), complex(g.evalf(30, subs=point))
+        except (TypeError, ValueError):
+            return None
+        if abs(gv) < 1e-12:
+            return None
+        ratio = pv / gv
+        if first is None:
+            first = ratio
+        elif abs(ratio - first) > 1e-9 * max(1.0, abs(first)):
+            return 0
+    return first
 
 
 def _equal(p, g, pred: str, gold: str) -> bool:
     """Decide p == g for parsed sympy objects; see `SympyComparator`."""
     from sympy import Expr, simplify
 
+    if not isinstance(p, Expr) or not isinstance(g, Expr):
+        return p == g
+    if degenerate(p) or degenerate(g):
+        return False  # complex infinity and nan equal nothing: `1:00` vs `12:00`, 1/0 vs 2/0
     if p == g:
         return True
-    if not isinstance(p, Expr) or not isinstance(g, Expr):
-        return False
+    if _unevaluated(p) or _unevaluated(g):  # sums, integrals, limits with free bounds: structure only
+        return str(p) == str(g)  # the parser may give the same symbol different assumptions
     if p.free_symbols or g.free_symbols:
         return _equal_symbolic(p, g)
     p_dec, g_dec = _decimal_digits(pred), _decimal_digits(gold)
     if p_dec is not None or g_dec is not None:
         return _equal_approx(p, g, pred, gold, p_dec, g_dec)
-    pv, gv = p.evalf(60), g.evalf(60)
+    pv, gv = p.evalf(NUMERIC_DIGITS), g.evalf(NUMERIC_DIGITS)
     finite = pv.is_number and gv.is_number and pv.is_finite and gv.is_finite
     scale = max(abs(pv), abs(gv)) if finite else 0
     if finite and abs(pv - gv) > scale * 1e-20:
         return False  # clearly different values (relative, so 1/2004! != 1/2006!): skip simplify
-    if simplify(p - g) == 0:
-        return True
-    if not finite or g.is_zero or p.is_zero:
-        return False  # exact zero on one side only: numerics would accept 1/2004! for 0
-    return bool(scale != 0 and abs(pv - gv) <= scale * 1e-40)
+    if finite and scale != 0 and not (g.is_zero or p.is_zero) and abs(pv - gv) <= scale * AGREE:
+        return True  # equal to 80 digits: decided before `simplify`, which can take seconds on radicals
+    return bool(simplify(p - g) == 0)
+
+
+def _unevaluated(expr) -> bool:
+    """A sum, product, integral, limit or derivative with free symbols: evaluating it at points or
+    simplifying it takes seconds and rarely decides anything."""
+    from sympy import Derivative, Integral, Limit, Product, Sum
+
+    return bool(expr.free_symbols) and expr.has(Sum, Product, Integral, Limit, Derivative)
+
+
+def degenerate(expr) -> bool:
+    """Complex infinity or nan anywhere in a sympy object."""
+    from sympy import Basic, S
+
+    return isinstance(expr, Basic) and (expr.has(S.ComplexInfinity) or expr.has(S.NaN))
 
 
 def _decimal_digits(s: str) -> int | None:
@@ -201,10 +258,8 @@ def _equal_symbolic(p, g) -> bool:
     `simplify` when the symbols differ (they can only be equal if the extra ones cancel)."""
     from sympy import simplify
 
-    rng = random.Random(0)
     symbols = sorted(p.free_symbols | g.free_symbols, key=lambda s: s.name)
-    for _ in range(6):
-        point = {s: rng.choice([-1, 1]) * rng.uniform(0.3, 3.0) for s in symbols}
+    for point in _points(symbols):
         try:
             pv, gv = complex(p.evalf(30, subs=point)), complex(g.evalf(30, subs=point))
         except (TypeError, ValueError):
@@ -214,3 +269,12 @@ def _equal_symbolic(p, g) -> bool:
     if {s.name for s in p.free_symbols} != {s.name for s in g.free_symbols}:
         return simplify(p - g) == 0
     return True
+
+
+def warm_imports() -> None:
+    """Import and exercise the parsers once, so a worker's first comparison runs at full speed."""
+    from tiplight.evals.equivalence import equivalent
+    from tiplight.evals.mathverify import verdict
+
+    equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", SympyComparator())
+    verdict("The answer is $\\boxed{x \\ge 1}$.", "[1, \\infty)")
