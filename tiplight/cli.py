@@ -93,7 +93,7 @@ _NOISE_LINES = re.compile(r"^(Does not validate against any of the Union subtype
 
 def condense(message: str) -> str:
     """One sentence from a jsonargparse error: the key, the specific complaints, and the valid choices."""
-    lines = [line.strip(" -\t") for line in message.splitlines()]
+    lines = [re.sub(r"^\s*-\s+", "", line).strip() for line in message.splitlines()]  # bullets off
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
     specific = [line for line in ([key.group(2)] if key else [lines[0]]) + lines[1:]
                 if line and not _NOISE_LINES.match(line)]

@@ -1,0 +1,160 @@
+"""`tiplight study`: the grid, resuming, failures, both executors, and the report with its statistics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from test_cli import write_config
+
+from tiplight.cli import main as cli_main
+from tiplight.study import main
+from tiplight.study.grid import Axis, Study
+from tiplight.study.report import markdown, read_csv, report
+from tiplight.study.stats import interval, paired, t975
+
+
+def grid_dir(tmp_path: Path, tiny, prompts_file) -> Path:
+    """A config folder like configs/: a base config and a `selection/` folder of fragments."""
+    root = tmp_path / "configs"
+    (root / "selection").mkdir(parents=True)
+    write_config(root / "base.yaml", tiny, prompts_file)
+    for name, selector in (("all", "AllTokens"), ("half", "SoftOrTopK")):
+        (root / "selection" / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"selector": {"class_path": selector}}}))
+    return root
+
+
+def test_axes_from_fragments_and_options(tmp_path, tiny, prompts_file):
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    frag = Axis.parse("selection=all,half", root)
+    assert frag.args("half") == ["--config", str(root / "selection" / "half.yaml")] and frag.label("half") == "half"
+    opt = Axis.parse("model.optimizer.init_args.lr=1e-4, 3e-4", root)
+    assert opt.values == ("1e-4", "3e-4") and opt.args("3e-4") == ["--model.optimizer.init_args.lr=3e-4"]
+    assert opt.label("3e-4") == "lr=3e-4"
+    with pytest.raises(ValueError, match="no fragment nope in .*; known: all, half"):
+        Axis.parse("selection=all,nope", root)
+    with pytest.raises(ValueError, match="is not KEY=V1,V2"):
+        Axis.parse("selection", root)
+
+
+def test_dry_run_lists_one_command_per_setting_and_seed(tmp_path, tiny, prompts_file, capsys):
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    out = tmp_path / "study"
+    assert main(["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--grid",
+                 "model.chunk_size=8,16", "--seeds", "0", "1", "--out", str(out), "--jobs", "2", "--dry-run",
+                 "--", "--trainer.max_steps=1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and not out.exists()  # 2 x 2 settings x 2 seeds, nothing run or written
+    assert all(line.startswith("OMP_NUM_THREADS=") and "--trainer.max_steps=1" in line for line in lines)
+    assert sum("--seed_everything=1" in line for line in lines) == 4
+    assert sum(str(root / "selection" / "half.yaml") in line and "--model.chunk_size=16" in line for line in lines) == 2
+
+
+def test_help_explains_the_grid(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["study", "--help"])
+    text = capsys.readouterr().out
+    assert "KEY=V1,V2" in text and "--seed_everything" in text and "results.csv" in text and "submitit" in text
+
+
+def test_bad_baseline_is_one_sentence(tmp_path, tiny, prompts_file, capsys):
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    with pytest.raises(SystemExit) as done:
+        cli_main(["study", "--config", str(root / "base.yaml"), "--grid", "selection=all,half",
+                  "--out", str(tmp_path / "s"), "--baseline", "everything"])
+    assert done.value.code == 2
+    assert "--baseline 'everything' is not a setting of the grid; settings: all, half" in capsys.readouterr().err
+
+
+def test_interval_and_paired_difference_against_direct_formulas():
+    values = [0.50, 0.55, 0.61, 0.58, 0.52]
+    mean = sum(values) / 5
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)
+    got = interval(values)
+    assert got.mean == pytest.approx(mean) and got.half_width == pytest.approx(2.776 * sd / math.sqrt(5))
+    assert t975(1) == pytest.approx(12.706) and t975(1000) == 1.96
+    assert math.isnan(interval([0.5]).half_width) and interval([]).n == 0
+    base = {0: 0.5, 1: 0.6, 2: 0.55}
+    diff = paired({0: 0.52, 1: 0.63, 2: 0.56, 3: 0.9}, base)  # seed 3 has no baseline: left out
+    assert diff.n == 3 and diff.mean == pytest.approx(0.02)
+    assert diff.half_width == pytest.approx(4.303 * 0.01 / math.sqrt(3)) and not diff.excludes_zero()
+    assert paired({0: 0.52, 1: 0.62, 2: 0.57}, base).excludes_zero()  # +0.02 each time: no spread
+
+
+def fake_study(tmp_path: Path) -> Path:
+    """A finished study's folder without running anything: study.json and each run's summary.json."""
+    out = tmp_path / "fake"
+    study = Study(out=str(out), configs=["base.yaml"], axes=[Axis("selection", ("all", "half"), str(tmp_path))],
+                  seeds=[0, 1, 2], baseline="all")
+    study.save()
+    for run in study.runs():
+        after = 0.5 + 0.01 * run.seed + (0.05 if run.setting == "half" else 0.0)
+        if run.setting == "half" and run.seed == 2:
+            Path(run.folder).mkdir(parents=True)
+            (Path(run.folder) / "failed.json").write_text("{}")
+            continue
+        Path(run.folder).mkdir(parents=True)
+        (Path(run.folder) / "summary.json").write_text(json.dumps({
+            "accuracy_before": 0.4, "accuracy_after": after, "steps": 10, "wall_seconds": 3.0,
+            "peak_memory_mib": 100.0, "train/kept_fraction": 1.0 if run.setting == "all" else 0.5,
+            "quadrant/Q3_all": 0.1, "quadrant/Q3_kept": 0.2, "accuracy_curve": {"0": 0.4, "10": after}}))
+    return out
+
+
+def test_report_tables_plots_and_csv_with_commands(tmp_path):
+    out = fake_study(tmp_path)
+    text = report(out)
+    assert "runs: 5 done, 1 failed, 0 pending" in text
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done", "failed"}
+    assert all(r["command"].startswith("OMP_NUM_THREADS=") and "--seed_everything=" in r["command"] for r in rows)
+    half = next(line for line in text.splitlines() if line.startswith("| half |"))
+    # half: seeds 0, 1 -> 55.0 and 56.0; paired with all over seeds 0, 1: +5.0 points exactly (zero spread)
+    assert half == "| half | 2 | 40.0 ± 0.0 | 55.5 ± 6.4 | 5.0 ± 0.0 | 0.500 | 3 |"
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
+
+
+def test_report_is_derived_from_results_csv_alone(tmp_path):
+    out = fake_study(tmp_path)
+    report(out)
+    rows = read_csv(out / "results.csv")
+    shutil.rmtree(out / "runs")  # nothing but results.csv is needed to rebuild the tables
+    assert markdown(rows, "all") == markdown(read_csv(out / "results.csv"), "all")
+    assert "| all | 3 |" in markdown(rows, "all")
+
+
+@pytest.mark.slow
+def test_a_study_runs_resumes_and_records_a_failure(tmp_path, tiny, prompts_file, capsys):
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    out = tmp_path / "study"
+    args = ["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--grid", "model.chunk_size=8,0",
+            "--seeds", "0", "--out", str(out), "--jobs", "2", "--baseline", "all chunk_size=8",
+            "--", "--trainer.max_steps=1", "--trainer.val_check_interval=1"]
+    assert main(args) == 1  # chunk_size=0 fails at start-up; the other runs go on
+    rows = {(r["setting"], r["status"]) for r in read_csv(out / "results.csv")}
+    assert rows == {("all chunk_size=8", "done"), ("half chunk_size=8", "done"),
+                    ("all chunk_size=0", "failed"), ("half chunk_size=0", "failed")}
+    failed = json.loads((out / "runs" / "all_chunk_size=0" / "seed0" / "failed.json").read_text())
+    assert failed["returncode"] == 2 and any("model.chunk_size=0" in line for line in failed["log_tail"])
+    summary = out / "runs" / "half_chunk_size=8" / "seed0" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 1  # resumed: finished runs are skipped, failed ones tried again
+    assert "2 already done, 2 to run" in capsys.readouterr().out and summary.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_takes_the_same_path(tmp_path, tiny, prompts_file):
+    pytest.importorskip("submitit")
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    out = tmp_path / "study"
+    assert main(["--config", str(root / "base.yaml"), "--grid", "selection=half", "--seeds", "0", "1",
+                 "--out", str(out), "--executor", "submitit", "--cluster", "local", "--jobs", "2",
+                 "--", "--trainer.max_steps=1", "--trainer.val_check_interval=1"]) == 0
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["done", "done"]
+    assert (out / "submitit").is_dir()
