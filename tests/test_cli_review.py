@@ -150,3 +150,13 @@ def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, 
     code, _, err = run_main(["fit", "--config", str(config), f"--{option}", value], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"='{value}' is not allowed; use one of {allowed}." in err
+
+
+def test_run_summary_exports_the_adapter_when_merge_lora_is_false(tiny, prompts_file, tmp_path):
+    config = yaml.safe_load(write_config(tmp_path / "run.yaml", tiny, prompts_file).read_text())
+    config["trainer"].update(logger=False, max_steps=1, enable_progress_bar=False, default_root_dir=str(tmp_path / "r"))
+    config["trainer"]["callbacks"] = [{"class_path": "tiplight.callbacks.RunSummary", "init_args": {"merge_lora": False}}]
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(config))
+    TiplightCLI(args=["fit", "--config", str(tmp_path / "lora.yaml"), "--model.lora.r", "4"])
+    student = tmp_path / "r" / "student"
+    assert (student / "adapter_config.json").is_file() and not (student / "model.safetensors").exists()
