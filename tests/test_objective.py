@@ -7,7 +7,7 @@ from torch import nn
 
 from tiplight import losses
 from tiplight.objective import selected_loss_sum
-from tiplight.stats import token_stats, token_stats_and_loss
+from tiplight.stats import token_stats_and_loss
 
 R, C, D, DT, V_MODEL, V = 3, 9, 8, 12, 40, 37
 
@@ -33,7 +33,7 @@ def naive_stats(hidden, teacher_hidden, head, teacher_head):
 @pytest.mark.parametrize("chunk", [1, 4, 1000])
 def test_chunked_stats_equal_direct(setup, chunk):
     hidden, teacher_hidden, head, teacher_head, valid = setup
-    raw = token_stats(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
+    raw, _ = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
     for got, want in zip((raw.entropy, raw.rkl, raw.fkl), naive_stats(hidden, teacher_hidden, head, teacher_head)):
         torch.testing.assert_close(got, torch.where(valid, want, torch.zeros_like(want)))
 
@@ -93,7 +93,7 @@ def test_token_loss_equals_divergence_and_is_zero_where_not_valid(setup, chunk):
             want = div(head(hidden)[..., :V].flatten(0, 1), teacher_head(teacher_hidden)[..., :V].flatten(0, 1))
         torch.testing.assert_close(token_loss.loss, torch.where(valid, want.view(R, C), 0.0))
         assert token_loss.grad_hidden is None  # grad=False
-        stats = token_stats(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
+        stats, _ = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
         torch.testing.assert_close(raw.rkl, stats.rkl)
 
 

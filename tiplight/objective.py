@@ -45,32 +45,23 @@ class _Precomputed(torch.autograd.Function):
         return None, None, *(g.mul_(out.to(g.dtype)) for g in grads)
 
 
-def _chunk_loss(
-    hidden: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    weights: torch.Tensor,
-    student_head: nn.Module,
-    teacher_head: nn.Module,
-    divergence: Divergence,
-    vocab_size: int,
-) -> torch.Tensor:
-    """``sum_i w_i * D(student_i, teacher_i)`` for one chunk of ``[n, d]`` hidden states."""
-    with torch.no_grad():
-        t_logits = head_logits(teacher_head, teacher_hidden, vocab_size)  # [n, V]
-    s_logits = head_logits(student_head, hidden, vocab_size)  # [n, V]
-    return (weights * divergence(s_logits, t_logits)).sum()
-
-
 def _autograd_loss_sum(hidden, teacher_hidden, weights, student_head, teacher_head, divergence, vocab_size,
                        chunk_size) -> torch.Tensor:
     """Path 3: autograd per chunk, each chunk recomputed in backward."""
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``sum_i w_i * D(student_i, teacher_i)`` for one chunk of ``[n, d]`` hidden states."""
+        with torch.no_grad():
+            t_logits = head_logits(teacher_head, t, vocab_size)  # [n, V]
+        s_logits = head_logits(student_head, h, vocab_size)  # [n, V]
+        return (w * divergence(s_logits, t_logits)).sum()
+
     total = hidden.sum() * 0.0  # keeps every rank's graph connected when K == 0
     for h, t, w in zip(hidden.split(chunk_size), teacher_hidden.split(chunk_size), weights.split(chunk_size)):
-        args = (h, t, w, student_head, teacher_head, divergence, vocab_size)
         if torch.is_grad_enabled() and h.requires_grad:
-            total = total + checkpoint(_chunk_loss, *args, use_reentrant=False)
+            total = total + checkpoint(chunk_loss, h, t, w, use_reentrant=False)
         else:
-            total = total + _chunk_loss(*args)
+            total = total + chunk_loss(h, t, w)
     return total
 
 

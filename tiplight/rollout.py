@@ -58,6 +58,14 @@ class Rollout:
         return self.input_ids[:, self.prompt_length :]
 
     @staticmethod
+    def from_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: torch.Tensor,
+                         mask: torch.Tensor) -> Rollout:
+        """Left-padded prompts ``input_ids`` / ``attention_mask`` ``[R, P]`` followed by their ``completion``
+        ``[R, C]`` (pads after the end), whose ``mask`` ``[R, C]`` is True on generated tokens."""
+        full_attention = torch.cat([attention_mask, mask.long()], dim=1)
+        return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, input_ids.shape[1])
+
+    @staticmethod
     def cat(parts: list[Rollout], pad_id: int) -> Rollout:
         """One rollout from generation chunks (same prompt padding, completions of different lengths)."""
         if len(parts) == 1:
@@ -185,14 +193,29 @@ def clean_generation_config(model: torch.nn.Module) -> Iterator[None]:
             m.generation_config = config
 
 
+@dataclass(frozen=True)
+class RolloutRequest:
+    """The arguments of one ``RolloutEngine.generate`` call, as engines receive them in ``_generate``."""
+
+    input_ids: torch.Tensor  # [R, P] left-padded prompts
+    attention_mask: torch.Tensor  # [R, P]
+    sampling: Sampling
+    seed: int
+    keys: torch.Tensor  # [R] rollout keys
+    eos_token_ids: list[int]
+    pad_token_id: int
+    vocab_size: int  # ids at or above it (padded embedding rows) are never sampled
+    synced: bool = False
+
+
 class RolloutEngine(ABC):
-    """Produces completions for a batch of left-padded prompts. Swap in a faster engine by subclassing."""
+    """Produces completions for a batch of left-padded prompts. Swap in a faster engine by subclassing
+    and implementing ``_generate``."""
 
     def weights_updated(self) -> None:  # noqa: B027 (optional hook: a no-op for most engines)
         """The student's weights changed (an optimizer step): an engine holding its own copy re-syncs it
         before the next ``generate``. Engines that run the student itself need nothing."""
 
-    @abstractmethod
     def generate(
         self,
         model: torch.nn.Module,
@@ -210,44 +233,38 @@ class RolloutEngine(ABC):
         """Sample one completion per row of ``input_ids`` ``[R, P]``; ``keys`` ``[R]`` name the rollouts.
 
         ``synced``: the model is sharded over ranks, so every rank must keep stepping until all are done."""
+        request = RolloutRequest(input_ids, attention_mask, sampling, seed, keys, eos_token_ids, pad_token_id,
+                                 vocab_size, synced)
+        return self._generate(model, request)
+
+    @abstractmethod
+    def _generate(self, model: torch.nn.Module, request: RolloutRequest) -> Rollout:
+        """``generate`` with its arguments bundled: what an engine implements."""
 
 
 class HFGenerate(RolloutEngine):
     """Hugging Face ``generate`` with KV cache and counter-based sampling."""
 
-    def generate(
-        self,
-        model: torch.nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        *,
-        sampling: Sampling,
-        seed: int,
-        keys: torch.Tensor,
-        eos_token_ids: list[int],
-        pad_token_id: int,
-        vocab_size: int,
-        synced: bool = False,
-    ) -> Rollout:
+    def _generate(self, model: torch.nn.Module, request: RolloutRequest) -> Rollout:
+        input_ids, sampling = request.input_ids, request.sampling
         prompt_length = input_ids.shape[1]
-        sampler = CounterSampler(sampling, seed, keys.to(input_ids.device), prompt_length, vocab_size)
+        sampler = CounterSampler(sampling, request.seed, request.keys.to(input_ids.device), prompt_length,
+                                 request.vocab_size)
         with torch.no_grad(), clean_generation_config(model):
             out = model.generate(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=request.attention_mask,
                 do_sample=False,
                 max_new_tokens=sampling.max_new_tokens,
                 logits_processor=LogitsProcessorList([sampler]),
-                eos_token_id=eos_token_ids,
-                pad_token_id=pad_token_id,
+                eos_token_id=request.eos_token_ids,
+                pad_token_id=request.pad_token_id,
                 temperature=None,
                 top_p=None,
                 top_k=None,
-                synced_gpus=synced,
+                synced_gpus=request.synced,
             )
         completion = out[:, prompt_length:]  # [R, C]
-        mask = completion_mask(completion, eos_token_ids)
-        completion = completion.masked_fill(~mask, pad_token_id)
-        full_attention = torch.cat([attention_mask, mask.long()], dim=1)
-        return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, prompt_length)
-
+        mask = completion_mask(completion, request.eos_token_ids)
+        completion = completion.masked_fill(~mask, request.pad_token_id)
+        return Rollout.from_completions(input_ids, request.attention_mask, completion, mask)

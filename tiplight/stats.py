@@ -91,24 +91,6 @@ class TokenLoss:
         return TokenLoss(self.loss[mask], None if self.grad_hidden is None else self.grad_hidden[mask])
 
 
-def token_stats(
-    student_hidden: torch.Tensor,
-    student_head: nn.Module,
-    teacher_hidden: torch.Tensor,
-    teacher_head: nn.Module,
-    valid: torch.Tensor,
-    vocab_size: int,
-    chunk_size: int = 512,
-) -> RawStats:
-    """Entropy, reverse and forward KL at every valid position, ``chunk_size`` positions at a time.
-
-    ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool.
-    Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full vocabulary.
-    """
-    return token_stats_and_loss(student_hidden, student_head, teacher_hidden, teacher_head, valid, vocab_size,
-                                chunk_size)[0]
-
-
 @torch.no_grad()
 def token_stats_and_loss(
     student_hidden: torch.Tensor,
@@ -121,8 +103,11 @@ def token_stats_and_loss(
     divergence: Divergence | None = None,
     grad: bool = False,
 ) -> tuple[RawStats, TokenLoss | None]:
-    """``token_stats`` and, given ``divergence``, each valid token's loss from the same logits.
+    """Entropy, reverse and forward KL at every valid position, ``chunk_size`` positions at a time, and,
+    given ``divergence``, each valid token's loss from the same logits (else None).
 
+    ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool.
+    Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full vocabulary.
     With ``grad``, a built-in divergence (``losses.closed_form``) and a frozen plain ``nn.Linear`` student
     head, also ``d loss / d hidden`` per token: the closed-form gradient w.r.t. the logits times the head.
     """

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from tiplight.rollout import Rollout, RolloutEngine, Sampling, pad_right, rollout_seeds
+from tiplight.rollout import Rollout, RolloutEngine, RolloutRequest, Sampling, pad_right, rollout_seeds
 from tiplight.weights import student_weights
 
 
@@ -116,28 +116,18 @@ class VLLMEngine(RolloutEngine):
         )
 
     # --- generation ----------------------------------------------------------------------------------
-    def generate(
-        self,
-        model: nn.Module,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        *,
-        sampling: Sampling,
-        seed: int,
-        keys: torch.Tensor,
-        eos_token_ids: list[int],
-        pad_token_id: int,
-        vocab_size: int,
-        synced: bool = False,
-    ) -> Rollout:
+    def _generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
         from vllm.inputs import TokensPrompt
 
-        prompts = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist()) for row, m in zip(input_ids, attention_mask)]
+        prompts = [TokensPrompt(prompt_token_ids=row[m.bool()].tolist())
+                   for row, m in zip(request.input_ids, request.attention_mask)]
         self._wake(model)
-        params = self._sampling_params(sampling, rollout_seeds(seed, keys), eos_token_ids, vocab_size)
+        seeds = rollout_seeds(request.seed, request.keys)
+        params = self._sampling_params(request.sampling, seeds, request.eos_token_ids, request.vocab_size)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self._rest()
-        return _to_rollout(input_ids, attention_mask, [list(o.outputs[0].token_ids) for o in outputs], pad_token_id)
+        completions = [list(o.outputs[0].token_ids) for o in outputs]
+        return _to_rollout(request.input_ids, request.attention_mask, completions, request.pad_token_id)
 
     def _sampling_params(self, sampling: Sampling, seeds: list[int], eos_token_ids: list[int], vocab_size: int):
         from vllm import SamplingParams
@@ -183,5 +173,4 @@ def _to_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, completio
     completion = torch.stack([pad_right(r[None], width, pad_token_id)[0] for r in rows]).to(device)  # [R, C]
     lengths = torch.tensor([len(c) for c in completions], device=device)
     mask = torch.arange(width, device=device)[None, :] < lengths[:, None]  # [R, C]; vLLM stops at the first EOS
-    full_attention = torch.cat([attention_mask, mask.long()], dim=1)
-    return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, input_ids.shape[1])
+    return Rollout.from_completions(input_ids, attention_mask, completion, mask)

@@ -4,7 +4,7 @@
     scored = scorer.rollout(["What is 12+34?\\n"], sampling=Sampling(max_new_tokens=48), seed=0)
     scored.table(SoftOrTopK(retain=0.5))
 
-The statistics are the training ones (``stats.completion_hidden`` + ``stats.token_stats``), normalised
+The statistics are the training ones (``stats.completion_hidden`` + ``stats.token_stats_and_loss``), normalised
 over all rollouts scored together (``TokenStats.from_raw``), as one training step's batch scope.
 """
 

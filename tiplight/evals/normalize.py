@@ -14,14 +14,14 @@ _SPACING = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad\b|\\(?:display|text|script)st
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?")
 _FRAC_VARIANTS = re.compile(r"\\[dtc]frac(?![a-zA-Z])")
 _BINOM_VARIANTS = re.compile(r"\\[dt]binom(?![a-zA-Z])")
-_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b|\{\}\^\\circ")
+_DEGREE_SIGN = r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°"  # ^{\circ}, ^\circ or °
+_DEGREES = re.compile(_DEGREE_SIGN + r"|\\degree\b|\{\}\^\\circ")
 _TRIG = re.compile(r"\\(?:sin|cos|tan|sec|csc|cot)(?![a-z])")
-_TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°)")
+_TRIG_DEGREES = re.compile(r"(\d+(?:\.\d+)?)\s*(?:" + _DEGREE_SIGN + ")")
 _REPEATING = re.compile(r"(\d*)\.(\d{0,20})\\overline\{(\d{1,20})\}")
 _PERCENT = re.compile(r"\\?%|(?<=\d)\s?(?:pct|percentage|percent)\b\.?")
 _EXPLICIT_THOUSANDS = re.compile(r"(?<=\d)(?:\s*\{,\}\s*|\s*,\s*\\!\s*|\\,|,\{\})(?=\d{3}(?!\d))")
-_PLAIN_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_SPACE_THOUSANDS = re.compile(r"^-?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
+_THOUSANDS = re.compile(r"^-?\d{1,3}([, ])\d{3}(?:\1\d{3})*(?:\.\d+)?$")  # one separator throughout
 _RELATION_ALIASES = {
     ">=": "\\ge",
     "<=": "\\le",
@@ -142,7 +142,7 @@ def clean(s: str) -> str:
         s = pattern.sub(repl, s)
     s = " ".join(s.split()).rstrip("\\").rstrip()  # a stray trailing backslash is noise
     s = strip_wrappers(s)
-    if _PLAIN_THOUSANDS.match(s) or _SPACE_THOUSANDS.match(s):
+    if _THOUSANDS.match(s):
         s = s.replace(",", "").replace(" ", "")
     return s
 

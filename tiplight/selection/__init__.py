@@ -13,7 +13,7 @@ from tiplight.selection.budget import budget_sizes, topk_mask
 from tiplight.selection.quadrant import QuadrantSelector, quadrant_shares, quadrants
 from tiplight.selection.sampling import EntropySampling
 from tiplight.selection.stats import TokenStats
-from tiplight.selection.topk import DivergenceTopK, EntropyTopK, OverconfidentTopK, SoftOrTopK
+from tiplight.selection.topk import DivergenceTopK, EntropyTopK, OverconfidentTopK, SoftOrTopK, TopK
 from tiplight.selection.union import UnionSelector
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Selector",
     "SoftOrTopK",
     "TokenStats",
+    "TopK",
     "UnionSelector",
     "budget_sizes",
     "check_budget",
