@@ -21,7 +21,14 @@ _MASK32 = 0xFFFFFFFF
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the student samples. ``temperature = 0`` is greedy; ``top_k = 0`` and ``top_p = 1`` are off."""
+    """How the student samples; nothing else (the checkpoint's generation_config is never applied).
+
+    Args:
+        temperature: softmax temperature; 0 is greedy.
+        top_p: nucleus sampling threshold in (0, 1]; 1 is off.
+        top_k: sample among the k most likely tokens; 0 is off.
+        max_new_tokens: the longest completion, in tokens (EOS included).
+    """
 
     temperature: float = 1.0
     top_p: float = 1.0
