@@ -158,3 +158,12 @@ def test_submitit_local_executor_takes_the_same_path(tmp_path, tiny, prompts_fil
                  "--", "--trainer.max_steps=1", "--trainer.val_check_interval=1"]) == 0
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["done", "done"]
     assert (out / "submitit").is_dir()
+
+
+def test_slurm_parameters_keep_numbers_as_numbers():
+    from tiplight.study import _parameter
+
+    assert _parameter("gpus_per_node=1") == ("gpus_per_node", 1)
+    assert _parameter("slurm_partition=gpu") == ("slurm_partition", "gpu")
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        _parameter("partition")

@@ -87,10 +87,23 @@ def run(study: Study, args: argparse.Namespace) -> int:
     if args.executor == "local":
         run_local(pending, study.jobs, on_done)
     else:
-        slurm = dict(kv.split("=", 1) for kv in args.slurm)
+        slurm = dict(_parameter(kv) for kv in args.slurm)
         run_submitit(pending, study.jobs, Path(study.out), args.cluster, slurm, on_done)
     print(report(study.out))
     return len(failed)
+
+
+def _parameter(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--slurm``, numbers as numbers (``gpus_per_node=1``, ``timeout_min=120``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--slurm {text!r} is not KEY=VALUE; e.g. slurm_partition=gpu or timeout_min=120.")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
