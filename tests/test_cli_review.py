@@ -123,6 +123,15 @@ def test_bad_checkpoint_is_one_sentence(tiny, prompts_file, tmp_path, capsys, co
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def test_lightnings_checkpoint_names_are_not_files():
+    from tiplight.cli import check_checkpoint
+
+    for name in ("last", "best", "hpc", "registry:my-model"):
+        check_checkpoint(name)  # no error: Lightning resolves these names itself
+    with pytest.raises(ValueError, match="does not exist"):
+        check_checkpoint("no/such.ckpt")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--model.selector", "Foo"], "registered selectors: AllTokens"),
     (["--model.selector.init_args.retian", "0.5"], "Option 'retian' is not accepted; SoftOrTopK accepts: retain"),

@@ -167,3 +167,28 @@ def test_slurm_parameters_keep_numbers_as_numbers():
     assert _parameter("slurm_partition=gpu") == ("slurm_partition", "gpu")
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         _parameter("partition")
+
+
+def test_report_without_before_accuracies(tmp_path):
+    """Configs that do not evaluate at fit start (the paper pairs) leave accuracy_before empty."""
+    out = fake_study(tmp_path)
+    for summary in (out / "runs").rglob("summary.json"):
+        data = json.loads(summary.read_text())
+        data["accuracy_before"] = None
+        summary.write_text(json.dumps(data))
+    assert "| all | 3 | - |" in report(out)
+
+
+def test_ctrl_c_starts_no_further_run(monkeypatch, tmp_path):
+    from tiplight.study import runner
+
+    started = []
+    monkeypatch.setattr(runner, "execute", lambda run: started.append(run) or 0)
+
+    def interrupt(run, code):
+        raise KeyboardInterrupt
+
+    runs = Study(out=str(tmp_path), configs=["c.yaml"], axes=[Axis("k", tuple("abcdef"))], seeds=[0]).runs()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_local(runs, 1, interrupt)
+    assert len(started) == 1

@@ -35,6 +35,16 @@ class RunSummary(L.Callback):
         self._sums: dict[str, float] = {}
         self._steps = 0
         self._start = 0.0
+        self._seconds_before = 0.0  # fit time before a resume (kept in checkpoints)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": self._sums, "steps": self._steps,
+                "seconds": self._seconds_before + time.perf_counter() - self._start}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._sums = dict(state_dict.get("sums", {}))
+        self._steps = int(state_dict.get("steps", 0))
+        self._seconds_before = float(state_dict.get("seconds", 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         finished = _log_dir(trainer) / "summary.json"
@@ -62,7 +72,7 @@ class RunSummary(L.Callback):
             "student_dir": student_dir,
             "log_dir": str(log_dir),
             "steps": trainer.global_step,
-            "wall_seconds": round(time.perf_counter() - self._start, 1),
+            "wall_seconds": round(self._seconds_before + time.perf_counter() - self._start, 1),
             "peak_memory_mib": round(peak_memory_mib(pl_module.device), 1),
             **{name: total / max(self._steps, 1) for name, total in sorted(self._sums.items())},
         }
@@ -101,7 +111,8 @@ class Interruption(L.Callback):
             saved = f"a resumable checkpoint was saved: resume with --ckpt_path {path}"
             what = "SIGTERM"
         elif isinstance(exception, KeyboardInterrupt):
-            last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+            saver = trainer.checkpoint_callback
+            last = (saver.last_model_path or saver.best_model_path) if saver else ""
             saved = (f"nothing more was saved; the last checkpoint is {last}" if last
                      else "no checkpoint was saved (none was configured or reached)")
             what = "Ctrl-C"

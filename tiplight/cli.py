@@ -77,7 +77,7 @@ class TiplightCLI(LightningCLI):
 def check_checkpoint(path: str) -> None:
     """A clear error for a ``ckpt_path`` that is missing, empty or not a PyTorch checkpoint (truncated)."""
     p = Path(path)
-    if p.is_dir():  # a sharded (distributed) checkpoint
+    if path in ("last", "best", "hpc") or path.startswith("registry") or p.is_dir():  # Lightning's names; sharded
         return
     if not p.is_file():
         raise ValueError(f"ckpt_path={path!r} does not exist; give a .ckpt file written by `tiplight fit`.")

@@ -74,4 +74,4 @@ class LineProgress(ProgressBar):
 
 def progress_bar() -> ProgressBar:
     """Lightning's bar when the console is a terminal, else ``LineProgress``."""
-    return TQDMProgressBar() if sys.stderr.isatty() else LineProgress()
+    return TQDMProgressBar() if sys.stdout.isatty() else LineProgress()  # both write to stdout

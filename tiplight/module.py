@@ -320,12 +320,12 @@ class DistillModule(L.LightningModule):
 
     def loss_sum(self, part: ScoredPart, weights: torch.Tensor) -> torch.Tensor:
         """Weighted divergence summed over this micro-batch's kept positions (student lm_head with grad)."""
-        mb = part.rollout
-        hidden = part.student_hidden
+        mb, hidden, mask = part.rollout, part.student_hidden, weights > 0
+        if hidden is None and part.token_loss is not None and not torch.is_grad_enabled():
+            return (weights[mask] * part.token_loss.at(mask).loss).sum()  # validation: scored already
         if hidden is None:
             with replay_rng(part.rng, self.device):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
-        mask = weights > 0
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
                                  self.divergence, self.vocab_size, self.hparams.chunk_size,

@@ -88,7 +88,7 @@ def markdown(rows: list[dict[str, str]], baseline: str | None) -> str:
     head += ["kept fraction", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for setting, values in after.items():
-        cells = [setting, str(len(values)), _pct(interval(list(before[setting].values()))),
+        cells = [setting, str(len(values)), _pct(interval(list(before.get(setting, {}).values()))),
                  _pct(interval(list(values.values())))]
         if baseline in after:
             cells.append("-" if setting == baseline else _pct(paired(values, after[baseline])))

@@ -42,9 +42,14 @@ def run_local(runs: list[Run], jobs: int, on_done: Callable[[Run, int], None]) -
     def one(run: Run) -> None:
         on_done(run, execute(run))
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         for future in [pool.submit(one, run) for run in runs]:
             future.result()
+    except BaseException:  # Ctrl-C: start no further run
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def run_submitit(runs: list[Run], jobs: int, folder: Path, cluster: str | None,
@@ -60,4 +65,8 @@ def run_submitit(runs: list[Run], jobs: int, folder: Path, cluster: str | None,
                                **slurm)
     jobs_ = executor.map_array(execute, runs)
     for run, job in zip(runs, jobs_):
-        on_done(run, job.result())
+        try:
+            code = job.result()
+        except Exception:  # a job that timed out, was preempted or crashed: recorded, the others go on
+            code = 1
+        on_done(run, code)
