@@ -8,7 +8,6 @@ from typing import Any
 import torch
 
 from tiplight.data import Prompt, PromptDataModule, collate, encode_prompt, format_prompt
-from tiplight.passes import sample
 from tiplight.rollout import Sampling
 
 
@@ -37,10 +36,7 @@ def generate_completions(module: Any, prompts: list[str], *, num_samples: int = 
     encode = datamodule.encode if datamodule is not None else lambda p: encode_prompt(module.tokenizer, p)
     encoded = [Prompt(str(i), p, encode(p), "") for i, p in enumerate(prompts)]
     batch = collate(encoded, module.tokenizer.pad_token_id, num_samples, 0)
-    rollout = sample(module.engine, module.student, module.tokenizer, batch,
-                     sampling=Sampling(temperature, top_p, top_k, max_new_tokens), seed=seed,
-                     vocab_size=module.vocab_size, batch_size=module.hparams.generation_batch_size,
-                     synced=module.sharded)
+    rollout = module.rollout(batch, Sampling(temperature, top_p, top_k, max_new_tokens), seed)
     texts = [module.tokenizer.decode(ids[mask], skip_special_tokens=True)
              for ids, mask in zip(rollout.completion_ids, rollout.completion_mask)]
     return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]

@@ -239,9 +239,11 @@ class DistillModule(L.LightningModule):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
 
-    def rollout(self, batch: dict[str, Any], sampling: Sampling) -> Rollout:
-        """Sample completions from the student, ``generation_batch_size`` rows at a time."""
-        return sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling, seed=self.seed,
+    def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int | None = None) -> Rollout:
+        """Sample completions from the student, ``generation_batch_size`` rows at a time (``seed``: the
+        run's seed unless given, as evaluations give their own)."""
+        seed = self.seed if seed is None else seed
+        return sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling, seed=seed,
                       vocab_size=self.vocab_size, batch_size=self.hparams.generation_batch_size,
                       synced=self.sharded)
 

@@ -102,9 +102,9 @@ def quadrant_table(rows: list[dict[str, str]]) -> str:
     """Mean TIP quadrant shares (%) over all valid tokens and over kept tokens, per setting."""
     head = ["setting", *(f"{q} all" for q in QUADRANTS), *(f"{q} kept" for q in QUADRANTS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    columns = [f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS]
+    shares = [by_setting(rows, f"{q}_{over}") for over in ("all", "kept") for q in QUADRANTS]
     for setting in by_setting(rows, "accuracy_after"):
-        means = [interval(list(by_setting(rows, c).get(setting, {}).values())).mean for c in columns]
+        means = [interval(list(column.get(setting, {}).values())).mean for column in shares]
         lines.append("| " + " | ".join([setting, *("-" if math.isnan(m) else f"{100 * m:.1f}" for m in means)]) + " |")
     return "\n".join(lines) + "\n"
 
