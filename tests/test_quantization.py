@@ -1,5 +1,7 @@
 """bitsandbytes on CPU: 4-bit and 8-bit teachers and a QLoRA student train through the module, configured
-as in YAML (``Quantization``). Skipped, with the reason, where bitsandbytes cannot run on this CPU."""
+as in YAML (``Quantization``), with layer widths bitsandbytes' CPU 4-bit kernel accepts (multiples of 64 in,
+32 out) and at a real model's width; a width it cannot pack is one sentence at start-up. Skipped, with the
+reason, where bitsandbytes cannot run on this CPU."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from functools import cache
 import lightning as L
 import pytest
 import torch
+from conftest import MODEL_VOCAB, build_model, build_tokenizer
 from helpers import Recording
+from test_cli import write_config
+from test_cli_review import run_main
 
 from tiplight.data import PromptDataModule
-from tiplight.models import LoRA, Quantization
+from tiplight.models import LoRA, ModelSource, Quantization, cpu_4bit_blocks, load_model
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
 
@@ -34,6 +39,30 @@ def cpu_support() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(cpu_support() is not None, reason=str(cpu_support()))
+packs = pytest.mark.skipif(cpu_4bit_blocks() is None, reason="this bitsandbytes does not pack 4-bit weights on this CPU")
+
+# Qwen3-0.6B's layer widths (hidden 1024, 16 x 128 query heads, 8 key/value heads, MLP 3072), one layer
+QWEN3_0P6B_WIDTHS = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                         head_dim=128)
+
+
+@pytest.fixture(scope="module")
+def widths(tmp_path_factory) -> dict[str, str]:
+    """A teacher and student whose widths bitsandbytes packs (hidden 128 and 64, as every real model's are),
+    and a one-layer teacher at Qwen3-0.6B's widths; all read the shared test tokenizer."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    root = tmp_path_factory.mktemp("widths")
+    paths = {name: str(build_model(root / name, "qwen3", hidden, seed=seed))
+             for name, hidden, seed in (("teacher", 128, 1), ("student", 64, 2))}
+    torch.manual_seed(3)
+    config = Qwen3Config(vocab_size=MODEL_VOCAB, num_hidden_layers=1, max_position_embeddings=256, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, **QWEN3_0P6B_WIDTHS)
+    Qwen3ForCausalLM(config).save_pretrained(root / "qwen3_0p6b_width")
+    paths["qwen3_0p6b_width"] = str(root / "qwen3_0p6b_width")
+    for path in paths.values():
+        build_tokenizer(path, chat_template=True)
+    return paths
 
 
 def fit(tiny, prompts_file, **kwargs) -> Recording:
@@ -52,14 +81,17 @@ def linear_types(model: torch.nn.Module) -> set[str]:
 
 
 @pytest.mark.parametrize(("bits", "layer"), [(4, "Linear4bit"), (8, "Linear8bitLt")])
-def test_quantized_teacher_trains_the_student(tiny, prompts_file, bits, layer):
-    module = fit(tiny, prompts_file, teacher_quantization=Quantization(bits=bits))
+@pytest.mark.parametrize("teacher", ["teacher", "qwen3_0p6b_width"])
+def test_quantized_teacher_trains_the_student(widths, prompts_file, bits, layer, teacher):
+    pair = {"student": widths["student"], "teacher": widths[teacher]}
+    module = fit(pair, prompts_file, teacher_quantization=Quantization(bits=bits))
     assert layer in linear_types(module.teacher) and module.teacher.is_quantized
     assert not any(p.requires_grad for p in module.teacher.parameters())
     assert len(module.losses) == 1 and all(math.isfinite(x) and x > 0 for x in module.losses)
 
 
-def test_qlora_student_trains_only_its_adapter(tiny, prompts_file):
+def test_qlora_student_trains_only_its_adapter(widths, prompts_file):
+    tiny = widths
     before = {}
 
     class Snapshot(L.Callback):
@@ -88,3 +120,67 @@ def test_yaml_quantization_builds_a_bitsandbytes_config():
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_compute_dtype == torch.bfloat16 and config.bnb_4bit_use_double_quant
     assert Quantization(bits=8).to_config().load_in_8bit
+
+
+@packs
+def test_packed_cpu_4bit_kernel_at_a_real_width_computes_the_dequantized_model(widths):
+    """nf4 at Qwen3-0.6B's widths, in eval mode as the teacher runs (bitsandbytes then repacks each weight for
+    its CPU kernel): the logits equal those of the same model with every weight replaced by its dequantized
+    4-bit value, up to bfloat16 rounding."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    path = widths["qwen3_0p6b_width"]
+    quantized = load_model(ModelSource(path, "bfloat16", Quantization(bits=4)), "model.teacher", "cpu").eval()
+    reference = load_model(ModelSource(path, "bfloat16"), "model.teacher").eval()
+    layers = {name: m for name, m in quantized.named_modules() if type(m).__name__ == "Linear4bit"}
+    assert len(layers) == 7  # q, k, v, o, gate, up, down of the one decoder layer
+    with torch.no_grad():
+        for name, layer in layers.items():
+            reference.get_submodule(name).weight.copy_(dequantize_4bit(layer.weight.data, layer.weight.quant_state))
+    ids = torch.randint(3, MODEL_VOCAB, (2, 12))
+    with torch.inference_mode():
+        want, got = (m(ids).logits.float() for m in (reference, quantized))
+    assert all(getattr(m.weight.quant_state, "packing_format_for_cpu", True) for m in layers.values())
+    assert torch.isfinite(got).all()
+    assert (got - want).abs().max() <= 0.02 * want.abs().max()
+
+
+@packs
+@pytest.mark.parametrize("field", ["teacher", "student"])
+def test_a_width_bitsandbytes_cannot_pack_is_one_sentence_at_start_up(tiny, prompts_file, tmp_path, capsys, field):
+    """The tiny models' 32- and 48-wide layers once failed inside bitsandbytes 0.50 (``N must be divisible by
+    block_n``, then a reshape error) at the first forward; now the command refuses before loading weights."""
+    config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
+    extra = ["--model.lora.r", "4"] if field == "student" else []
+    code, _, err = run_main(["fit", "--config", str(config), f"--model.{field}_quantization.bits", "4", *extra],
+                            capsys)
+    assert code == 2 and "Traceback" not in err and "block_n" not in err, err
+    [sentence] = [line for line in err.splitlines() if line.startswith("tiplight: error:")]
+    assert f"model.{field}_quantization.bits=4" in sentence and "divisible by 64" in sentence and "by 32" in sentence
+    assert "model.layers.0." in sentence and "use bits 8" in sentence
+
+
+def lora_gradients(widths, generate_first: bool) -> dict[str, torch.Tensor]:
+    from tiplight.models import load_student
+
+    source = ModelSource(widths["student"], "bfloat16", Quantization(bits=4))
+    student = load_student(source, LoRA(r=4, alpha=8), seed=0, device="cpu")
+    ids = torch.randint(3, MODEL_VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
+    if generate_first:  # what a rollout does to the student: eval mode, no grad
+        student.eval()
+        with torch.no_grad():
+            student(ids)
+    student.train()
+    student(ids).logits.float().square().mean().backward()
+    return {k: p.grad.clone() for k, p in student.named_parameters() if p.requires_grad}
+
+
+def test_a_rollout_does_not_change_the_qlora_students_gradient(widths):
+    """bitsandbytes 0.50 repacks a 4-bit weight for its CPU kernel at the first eval-mode forward without grad
+    (a rollout) and keeps it packed; that kernel has no autograd, so every later training step silently lost the
+    gradient through the frozen base weights (the lower layers' LoRA gradients were off by up to 100%). The student's
+    4-bit layers never repack; the teacher's (inference only) still do."""
+    want, got = lora_gradients(widths, generate_first=False), lora_gradients(widths, generate_first=True)
+    assert want.keys() == got.keys() and len(want) > 4
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], msg=name)

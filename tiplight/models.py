@@ -111,6 +111,7 @@ def load_model(source: ModelSource, field_name: str, device: torch.device | str 
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation
     if source.quantization is not None:
+        check_quantizable(source, field_name, device)
         kwargs["quantization_config"] = source.quantization.to_config()
         if device is not None:
             kwargs["device_map"] = {"": str(device)}
@@ -120,6 +121,58 @@ def load_model(source: ModelSource, field_name: str, device: torch.device | str 
         if Path(source.path).is_dir() and (Path(source.path) / "config.json").exists():
             raise
         raise _not_found(field_name, source.path, error) from error
+
+
+def check_quantizable(source: ModelSource, field_name: str, device: torch.device | str | None = None) -> None:
+    """Refuse, in one sentence at start-up, a 4-bit model on the CPU whose linear layers bitsandbytes cannot pack.
+
+    bitsandbytes' CPU 4-bit kernel (0.50 and newer, on CPUs with AVX512-BF16) stores each quantized weight in
+    blocks of 32 output rows and quantizes the input dimension in blocks of ``blocksize`` (64); any other shape
+    fails deep inside bitsandbytes (``N must be divisible by block_n``). The layers are read from the model's
+    config on the meta device (no weights are loaded); the output layer stays unquantized, as in transformers.
+    """
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    blocks = cpu_4bit_blocks() if source.quantization and source.quantization.bits == 4 and on_cpu else None
+    if blocks is None:
+        return
+    rows, blocksize = blocks
+    for name, in_features, out_features in quantized_linears(source):
+        if in_features % blocksize or out_features % rows:
+            raise ValueError(
+                f"{field_name}_quantization.bits=4 cannot run on the CPU for {field_name}={source.path!r}: its "
+                f"layer {name!r} is {in_features} -> {out_features} features, and bitsandbytes' CPU 4-bit kernel "
+                f"needs in_features divisible by {blocksize} and out_features by {rows}; use bits 8, a GPU, or no "
+                "quantization."
+            )
+
+
+def cpu_4bit_blocks() -> tuple[int, int] | None:
+    """(output rows per block, input quantization blocksize) of bitsandbytes' packed CPU 4-bit layout, or
+    None where this bitsandbytes on this CPU does not pack (and has no such shape constraint)."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return None
+    probe = bnb.nn.Linear4bit(64, 64)
+    if not getattr(probe, "support_avx512bf16_for_cpu", False):
+        return None
+    return 32, probe.weight.blocksize
+
+
+def quantized_linears(source: ModelSource) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of every ``nn.Linear`` that transformers quantizes (all but the
+    output layer), from the config alone; empty when the config cannot be read (loading then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, revision=source.revision)
+    except (OSError, ValueError):
+        return []
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    output = skeleton.get_output_embeddings()
+    return [(name, m.in_features, m.out_features) for name, m in skeleton.named_modules()
+            if isinstance(m, nn.Linear) and m is not output]
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -146,11 +199,24 @@ def add_lora(model: nn.Module, lora: LoRA, quantized: bool) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def keep_unpacked(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking ``model``'s 4-bit weights for its CPU kernel.
+
+    bitsandbytes 0.50 repacks a 4-bit weight at its first eval-mode forward without grad (a rollout) and keeps
+    it packed; the packed kernel has no autograd, so later training steps would silently drop the gradient
+    through the frozen base weights. The packed layout only speeds up inference: the teacher keeps it."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_student(source: ModelSource, lora: LoRA | None, *, seed: int, gradient_checkpointing: bool = False,
                  device: torch.device | str | None = None) -> nn.Module:
     """The student: loaded, with a LoRA adapter whose init depends on ``seed`` alone, and optionally
     activation checkpointing in its decoder."""
     student = load_model(source, "model.student", device)
+    if source.quantization is not None:
+        keep_unpacked(student)
     if lora is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
