@@ -266,14 +266,45 @@ def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
     return size
 
 
-def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True) -> Path:
+def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True,
+                   write: bool = True) -> Path:
     """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone.
 
-    Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless)."""
+    Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless). With
+    several processes every rank calls it and only the one with ``write`` saves; an FSDP2-sharded student is
+    gathered one weight at a time (a collective), LoRA merged on the fly."""
     out = Path(out)
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        return _export_sharded(model, tokenizer, out, merge, write)
+    if not write:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and merge:
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, merge: bool,
+                    write: bool) -> Path:
+    from safetensors.torch import save_file
+
+    from tiplight.weights import student_weights
+
+    if not merge:
+        raise ValueError("RunSummary.merge_lora=False cannot export an FSDP2-sharded adapter; export merged "
+                         "weights (merge_lora: true) or train the adapter with DDP (configs/strategy/ddp_lora.yaml).")
+    state = {}
+    for name, weight in student_weights(model):  # every rank: each full weight is a collective
+        if write:
+            state[name] = weight.cpu().contiguous()
+    if write:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+        base.config.save_pretrained(out)
+        if base.generation_config is not None:
+            base.generation_config.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out

@@ -379,9 +379,10 @@ class DistillModule(L.LightningModule):
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
-    def export(self, out: str, merge: bool = True) -> str:
-        """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""
-        return str(export_student(self.student, self.tokenizer, out, merge))
+    def export(self, out: str, merge: bool = True, write: bool = True) -> str:
+        """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``); with
+        several processes every rank calls it and the one with ``write`` saves."""
+        return str(export_student(self.student, self.tokenizer, out, merge, write))
 
     # --- generation for evaluation callbacks (MathEvalCallback's interface) ------------------------------
     def format_prompt(self, problem: str, instruction: str | None = None) -> str:
