@@ -360,16 +360,22 @@ class DistillModule(L.LightningModule):
         return gathered[:, : valid.shape[1]]
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = torch.zeros(2, device=self.device)  # OPD loss summed over tokens, tokens
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.teacher is None:
             return
         rollout = self.rollout(batch, self.val_sampling)
-        total = torch.zeros((), device=self.device)
         for part in self.score(rollout):
             w = part.rollout.completion_mask.float()
-            total += self.loss_sum(part, w)
-        n = rollout.completion_mask.sum().clamp(min=1)
-        self.log("val/opd_loss", total / n, on_epoch=True, sync_dist=True, batch_size=int(n))
+            self.val_sums += torch.stack([self.loss_sum(part, w).detach(), w.sum()])
+
+    def on_validation_epoch_end(self) -> None:
+        """The mean over every validation token of every rank: the same on any number of processes."""
+        if self.teacher is not None:
+            total, tokens = sum_over_ranks(self, self.val_sums)
+            self.log("val/opd_loss", total / tokens.clamp(min=1), sync_dist=True)  # equal on every rank
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
