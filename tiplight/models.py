@@ -304,7 +304,7 @@ def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: P
         out.mkdir(parents=True, exist_ok=True)
         save_file(state, out / "model.safetensors", metadata={"format": "pt"})
         base.config.save_pretrained(out)
-        if base.generation_config is not None:
+        if getattr(base, "generation_config", None) is not None:
             base.generation_config.save_pretrained(out)
         tokenizer.save_pretrained(out)
     return out
