@@ -15,18 +15,29 @@ from tiplight.envs import Environment, Episode, Tool
 EXTRA = list("<>_\":[]#'")  # the characters of tool calls and JSON
 VOCAB = TOKENIZER_SIZE + len(EXTRA)
 EOS, PAD = 2, 0
-TOOL_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' or tools %}<s>system\n"
-    "{%- if messages[0]['role'] == 'system' %}\n{{ messages[0]['content'] }}{% endif %}"
-    "{%- if tools %}\n# tools\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools>{% endif %}"
-    "</s>\n{% endif %}"
-    "{%- for m in messages %}"
-    "{%- if m['role'] == 'tool' %}<s>user\n<tool_response>\n{{ m['content'] }}\n</tool_response></s>\n"
-    "{%- elif m['role'] != 'system' %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<s>assistant\n{% if enable_thinking is false %}<think></think>{% endif %}"
-    "{% endif %}"
-)
+TOOL_TEMPLATE = "".join(line.strip() for line in r"""
+{%- if messages[0]['role'] == 'system' or tools -%}
+  {{- '<s>system\n' -}}
+  {%- if messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\n' -}}{%- endif -%}
+  {%- if tools -%}
+    {{- '# tools\n<tools>' -}}
+    {%- for t in tools -%}{{- '\n' + (t | tojson) -}}{%- endfor -%}
+    {{- '\n</tools>' -}}
+  {%- endif -%}
+  {{- '</s>\n' -}}
+{%- endif -%}
+{%- for m in messages -%}
+  {%- if m['role'] == 'tool' -%}
+    {{- '<s>user\n<tool_response>\n' + m['content'] + '\n</tool_response></s>\n' -}}
+  {%- elif m['role'] != 'system' -%}
+    {{- '<s>' + m['role'] + '\n' + m['content'] + '</s>\n' -}}
+  {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+  {{- '<s>assistant\n' -}}
+  {%- if enable_thinking is defined and enable_thinking is false -%}{{- '<think></think>' -}}{%- endif -%}
+{%- endif -%}
+""".splitlines())
 
 
 def tool_tokenizer(out: Path):
