@@ -78,8 +78,8 @@ class Scripted:
 
 
 class EveryTurnTool(Environment):
-    """Every turn gets one tool message back (whatever the model wrote) until ``max_turns``: a loop test
-    with a random model still has tool turns."""
+    """Every turn gets one tool message back (whatever the model wrote, EOS or not) until ``max_turns``: a
+    loop test with a random model still has tool turns."""
 
     def problems(self, split):
         return [{"id": f"e{i}", "prompt": f"task {i}"} for i in range(4)]
@@ -91,8 +91,6 @@ class EveryTurnTool(Environment):
         return {"echo": Tool("echo", "echo", {"type": "object", "properties": {}}, lambda: "echo")}
 
     def end_reason(self, episode: Episode, text: str, finished: bool):
-        if not finished:
-            return "max_tokens"
         return "max_turns" if episode.turns >= self.max_turns else None
 
     def execute(self, episodes, texts):
