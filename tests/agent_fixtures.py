@@ -4,6 +4,7 @@ turns the way Qwen3's does (tool schemas in the system turn, tool results as a u
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from conftest import TOKENIZER_SIZE, build_model, build_tokenizer
 
 from tiplight.envs import Environment, Episode, Tool
 
-EXTRA = list("<>_\":[]#'")  # the characters of tool calls and JSON
+EXTRA = list("<>_\":[]#'") + list(string.ascii_uppercase)  # the characters of tool calls, JSON and names
 VOCAB = TOKENIZER_SIZE + len(EXTRA)
 EOS, PAD = 2, 0
 TOOL_TEMPLATE = "".join(line.strip() for line in r"""

@@ -10,6 +10,7 @@ from tiplight.envs.base import (
     list_environments,
     register_environment,
 )
+from tiplight.envs.deepplanning import DeepPlanningTravel, avg_at_k, best_at_k, hard_constraints
 from tiplight.envs.loop import AgentRollout, Segment, TurnGenerate, engine_turns, run_episodes, turn_keys
 from tiplight.envs.render import ChatRenderer
 from tiplight.envs.tools import Tool, ToolCall, argument_error, parse_tool_calls, run_calls
@@ -18,6 +19,7 @@ from tiplight.envs.toy import ToyLookup
 __all__ = [
     "AgentRollout",
     "ChatRenderer",
+    "DeepPlanningTravel",
     "EndReason",
     "Environment",
     "Episode",
@@ -28,8 +30,11 @@ __all__ = [
     "ToyLookup",
     "TurnGenerate",
     "argument_error",
+    "avg_at_k",
+    "best_at_k",
     "engine_turns",
     "get_environment",
+    "hard_constraints",
     "list_environments",
     "parse_tool_calls",
     "register_environment",
