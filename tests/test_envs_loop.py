@@ -109,7 +109,7 @@ def test_episodes_end_at_max_turns_and_max_tokens(tokenizer):
 
 def test_a_prompt_longer_than_max_tokens_is_one_sentence(tokenizer):
     env = ToyLookup(test_size=1, max_tokens=20)
-    with pytest.raises(ValueError, match=r"prompt of problem 'lookup-0' is \d+ tokens long; max_tokens=20"):
+    with pytest.raises(ValueError, match=r"prompt of problem 'lookup-test-0' is \d+ tokens long; max_tokens=20"):
         run(tokenizer, env, env.problems("test"), lookup_agent)
 
 

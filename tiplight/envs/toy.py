@@ -50,18 +50,18 @@ class ToyLookup(Environment):
     def problems(self, split: Split) -> list[dict[str, Any]]:
         if split not in ("train", "test"):
             raise ValueError(f"split={split!r} is invalid; use 'train' or 'test'.")
-        train = self._generate(random.Random(f"{self.seed}-train"), self.train_size, set())
+        train = self._generate("train", self.train_size, set())
         if split == "train":
             return train
-        return self._generate(random.Random(f"{self.seed}-test"), self.test_size, {p["key"] for p in train})
+        return self._generate("test", self.test_size, {p["key"] for p in train})
 
-    def _generate(self, rng: random.Random, n: int, exclude: set[str]) -> list[dict[str, Any]]:
-        problems: list[dict[str, Any]] = []
+    def _generate(self, split: Split, n: int, exclude: set[str]) -> list[dict[str, Any]]:
+        rng, problems = random.Random(f"{self.seed}-{split}"), []
         while len(problems) < n:
             problem = self._problem(rng)
             if problem["key"] not in exclude:
                 exclude.add(problem["key"])
-                problems.append({**problem, "id": f"lookup-{len(problems)}"})
+                problems.append({**problem, "id": f"lookup-{split}-{len(problems)}"})
         return problems
 
     def _problem(self, rng: random.Random) -> dict[str, Any]:
