@@ -51,7 +51,7 @@ def tool_tokenizer(out: Path):
 
 
 def tool_model(out: Path, seed: int = 2) -> Path:
-    return build_model(out, "qwen3", 32, seed=seed, vocab=VOCAB + 5)
+    return build_model(out, "qwen3", 64, seed=seed, vocab=VOCAB + 5)  # head_dim 32: vLLM CPU has no 16
 
 
 def call(name: str, **arguments: Any) -> str:
