@@ -113,6 +113,26 @@ def test_a_prompt_longer_than_max_tokens_is_one_sentence(tokenizer):
         run(tokenizer, env, env.problems("test"), lookup_agent)
 
 
+REWRITING_TEMPLATE = (  # like Qwen3's: the last assistant turn shows a thinking block, earlier ones lose theirs
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'assistant' and loop.last -%}{{- '<s>assistant\\n<think></think>' + m['content'] + '</s>\\n' -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- '<s>assistant\\n' + m['content'].split('</think>')[-1] + '</s>\\n' -}}"
+    "{%- elif m['role'] == 'tool' -%}{{- '<s>user\\n<tool_response>\\n' + m['content'] + '\\n</tool_response></s>\\n' -}}"
+    "{%- else -%}{{- '<s>' + m['role'] + '\\n' + m['content'] + '</s>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<s>assistant\\n' -}}{%- endif -%}"
+)
+
+
+def test_tool_turn_is_what_follows_the_end_token_even_when_the_template_rewrites_earlier_turns(tokenizer):
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = REWRITING_TEMPLATE
+    try:
+        ids = ChatRenderer(tokenizer, ["</s>"]).tool_turn([{"role": "tool", "content": "23"}], None)
+    finally:
+        tokenizer.chat_template = saved
+    assert tokenizer.decode(ids) == "\n<s>user\n<tool_response>\n23\n</tool_response></s>\n<s>assistant\n"
+
+
 def test_renderer_refuses_a_template_without_the_end_token(tokenizer):
     renderer = ChatRenderer(tokenizer, ["<unk>"])
     with pytest.raises(ValueError, match="does not end an assistant turn"):

@@ -3,8 +3,8 @@
 The opening prompt is the template's rendering of the environment's messages and tools. The student's
 turns are kept as the very tokens it sampled (never re-rendered: Qwen3's template rewrites earlier turns,
 e.g. drops their thinking). A tool turn is what the template writes between the end of an assistant turn
-and the next generation prompt: rendered on a fixed stand-in conversation, it is the text after the
-assistant's end-of-turn token, so a real Qwen3 checkpoint gets exactly the tokens its template would write.
+and the next generation prompt: rendered after a stand-in assistant turn, it is the text after that turn's
+end-of-turn token, so a real Qwen3 checkpoint gets exactly the tokens its template would write.
 """
 
 from __future__ import annotations
@@ -41,19 +41,15 @@ class ChatRenderer:
 
     def tool_turn(self, tool_messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """Token ids the template writes after an assistant turn's end token for ``tool_messages``, up to
-        and including the next generation prompt."""
+        and including the next generation prompt. Only the text after that end token is used, so a template
+        that re-renders earlier turns (Qwen3 drops their thinking) still gives the right tool turn."""
         base = [{"role": "user", "content": "?"}, {"role": "assistant", "content": SENTINEL}]
-        before = self.text(base, tools, generation_prompt=False)
-        after = self.text(base + tool_messages, tools, generation_prompt=True)
-        cut = self._after_end_token(before)
-        if after[:cut] != before[:cut]:
-            raise ValueError("The chat template renders earlier turns differently once tool messages follow; "
-                             "tool turns cannot be appended to the sampled tokens.")
-        return self.encode(after[cut:])
+        text = self.text(base + tool_messages, tools, generation_prompt=True)
+        return self.encode(text[self._after_end_token(text):])
 
     def _after_end_token(self, text: str) -> int:
-        start = text.rfind(SENTINEL) + len(SENTINEL)
-        ends = [(i, t) for t in self.end_tokens if (i := text.find(t, start)) >= 0]
+        start = text.rfind(SENTINEL)
+        ends = [(i, t) for t in self.end_tokens if start >= 0 and (i := text.find(t, start)) >= 0]
         if not ends:
             raise ValueError(f"The chat template does not end an assistant turn with any of {self.end_tokens}, "
                              "the tokens the engine stops at; pass the template's end-of-turn token as EOS.")
