@@ -10,7 +10,7 @@ import pytest
 import torch
 from agent_fixtures import EOS, EveryTurnTool, Scripted, call, tool_tokenizer
 
-from tiplight.envs import ToyLookup, run_episodes
+from tiplight.envs import ToyLookup, avg_at_k, best_at_k, run_episodes, scores_at_k
 from tiplight.envs.render import ChatRenderer
 
 
@@ -143,3 +143,29 @@ def test_every_turn_tool_env_alternates_turns(tokenizer):
     env = EveryTurnTool(max_turns=3)
     out, _ = run(tokenizer, env, env.problems("train"), lambda text: "hi")
     assert [e.turns for e in out.episodes] == [3] * 4 and all(e.end == "max_turns" for e in out.episodes)
+
+
+def test_scores_at_k_name_episodes_by_key_whatever_the_batch_size(tokenizer):
+    env = ToyLookup(max_tokens=2048, test_size=3)
+    problems = env.problems("test")
+
+    def even_keys_know(prompts, keys, max_new_tokens):  # one turn, right exactly on even rollout keys
+        texts = [problems[int(key) // 3]["answer"] if int(key) % 2 == 0 else "none" for key in keys]
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] + [EOS] for text in texts]
+
+    big, small = (scores_at_k(even_keys_know, tokenizer, env, problems, 3, max_new_tokens=32, eos_token_ids=[EOS],
+                              batch_size=size) for size in (64, 4))
+    assert torch.equal(big, small)
+    assert big.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    assert avg_at_k(big) == pytest.approx(5 / 9) and best_at_k(big) == 1.0
+    with pytest.raises(ValueError, match="k=0"):
+        scores_at_k(even_keys_know, tokenizer, env, problems, 0, max_new_tokens=1, eos_token_ids=[EOS])
+
+
+def test_template_variables_reach_the_chat_template(tokenizer):
+    env = ToyLookup(max_tokens=2048, test_size=1)
+    out = run_episodes(Scripted(tokenizer, lambda text: "pen"), tokenizer, env, env.problems("test"),
+                       torch.tensor([0]), max_new_tokens=8, eos_token_ids=[EOS],
+                       template_kwargs={"enable_thinking": False})
+    prompt = tokenizer.decode(out.input_ids[0, : out.prompt_length])
+    assert prompt.endswith("<s>assistant\n<think></think>")

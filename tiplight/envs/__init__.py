@@ -10,8 +10,9 @@ from tiplight.envs.base import (
     list_environments,
     register_environment,
 )
-from tiplight.envs.deepplanning import DeepPlanningTravel, avg_at_k, best_at_k, hard_constraints
+from tiplight.envs.deepplanning import DeepPlanningTravel, hard_constraints
 from tiplight.envs.loop import AgentRollout, Segment, TurnGenerate, engine_turns, run_episodes, turn_keys
+from tiplight.envs.metrics import avg_at_k, best_at_k, scores_at_k
 from tiplight.envs.render import ChatRenderer
 from tiplight.envs.tools import Tool, ToolCall, argument_error, parse_tool_calls, run_calls
 from tiplight.envs.toy import ToyLookup
@@ -40,5 +41,6 @@ __all__ = [
     "register_environment",
     "run_calls",
     "run_episodes",
+    "scores_at_k",
     "turn_keys",
 ]

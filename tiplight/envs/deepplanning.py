@@ -1,5 +1,5 @@
 """``DeepPlanningTravel``: the DeepPlanning travel-planning benchmark as an environment, its hard-constraint
-score, and the paper's Avg@k / Best@k.
+score (Avg@k / Best@k over it: ``tiplight.envs.metrics``).
 
 The benchmark's folder (``travelplanning/`` of QwenLM/Qwen-Agent's ``benchmark/deepplanning``) gives the
 tasks (``data/travelplanning_query_<lang>.json``: ``id``, ``query``, ``meta_info`` with ``people_number``,
@@ -17,8 +17,6 @@ import json
 import random
 from pathlib import Path
 from typing import Any, Literal
-
-import torch
 
 from tiplight.envs.base import Environment, Episode, Split, register_environment
 from tiplight.envs.tools import Tool
@@ -200,13 +198,3 @@ def plan_cost(plan: dict[str, Any], meta: dict[str, Any]) -> float:
             price = stay.get("price") or stay.get("price_per_night") or stay.get("cost")
             total += (_number(price) or 0.0) * rooms
     return total
-
-
-def avg_at_k(scores: torch.Tensor) -> float:
-    """Avg@k of ``scores`` ``[tasks, k]``: the mean over tasks of the mean over a task's k samples."""
-    return float(scores.float().mean())
-
-
-def best_at_k(scores: torch.Tensor) -> float:
-    """Best@k of ``scores`` ``[tasks, k]``: the mean over tasks of a task's best sample."""
-    return float(scores.float().max(dim=1).values.mean())
