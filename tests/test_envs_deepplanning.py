@@ -138,3 +138,14 @@ def test_a_scripted_planner_scores_through_the_loop(root, tmp_path):
                        max_new_tokens=4096, eos_token_ids=[EOS])
     assert out.episodes[0].end == "answer" and out.episodes[0].tool_calls == 1
     assert out.scores(env).tolist() == [1.0]
+
+
+def test_every_tool_takes_exactly_its_schemas_parameters(root):
+    import inspect
+
+    env = DeepPlanningTravel(str(root))
+    for name, tool in env.tools({"id": "0"}).items():
+        signature = inspect.signature(tool.fn).parameters
+        assert set(signature) == set(tool.parameters["properties"]), name
+        required = set(tool.parameters["required"])
+        assert {p for p, v in signature.items() if v.default is inspect.Parameter.empty} == required, name
