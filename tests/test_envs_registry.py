@@ -45,7 +45,7 @@ def test_registry_is_strict():
         register_environment(clash)
     with pytest.raises(TypeError, match="Environment subclass"):
         register_environment(dict)
-    assert envs_base._REGISTRY["ToyLookup"] is ToyLookup
+    assert envs_base._REGISTRY.get("ToyLookup") is ToyLookup
 
 
 @pytest.mark.parametrize("kwargs, says", [

@@ -38,6 +38,22 @@ def environment() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
+def run_dirs(tmp_path: Path, tiny, prompts_file) -> tuple[Path, Path]:
+    """Two run folders with the same config: one process, and several."""
+    dirs = tmp_path / "one", tmp_path / "two"
+    for root in dirs:
+        root.mkdir()
+        write_config(root / "run.yaml", tiny, prompts_file)
+    return dirs
+
+
+def assert_same_student(one: Path, two: Path) -> None:
+    want, got = exported_weights(one), exported_weights(two)
+    assert want.keys() == got.keys() and want
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def fit_alone(root: Path, *extra: str) -> None:
     done = subprocess.run([sys.executable, *fit_command(root / "run.yaml"), *extra], cwd=root, env=environment(),
                           capture_output=True, text=True, timeout=600)
@@ -47,10 +63,7 @@ def fit_alone(root: Path, *extra: str) -> None:
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_nodes_through_torchrun_give_the_weights_of_one_process(tiny, prompts_file, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    for root in (one, two):
-        root.mkdir()
-        write_config(root / "run.yaml", tiny, prompts_file)
+    one, two = run_dirs(tmp_path, tiny, prompts_file)
     fit_alone(one)
 
     port = free_port()
@@ -64,27 +77,18 @@ def test_two_nodes_through_torchrun_give_the_weights_of_one_process(tiny, prompt
         assert node.returncode == 0, err[-3000:]
     assert "Starting with 2 processes" in outputs[0][1], outputs[0][1][-3000:]  # one job, not two
 
-    want, got = exported_weights(one), exported_weights(two)
-    assert want.keys() == got.keys() and want
-    for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_student(one, two)
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_fsdp2_over_two_processes_exports_the_gathered_student_of_one_process(tiny, prompts_file, tmp_path):
     """Multi-process runs once exported nothing (``student_dir`` null); FSDP2's shards are now gathered."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    for root in (one, two):
-        root.mkdir()
-        write_config(root / "run.yaml", tiny, prompts_file)
+    one, two = run_dirs(tmp_path, tiny, prompts_file)
     fit_alone(one)
     fit_alone(two, "--config", str(Path(__file__).parents[1] / "configs/strategy/fsdp2.yaml"),
               "--trainer.devices", "2")
-    want, got = exported_weights(one), exported_weights(two)
-    assert want.keys() <= got.keys() and want
-    for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_same_student(one, two)
 
 
 @pytest.mark.slow

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from tiplight.envs.tools import Tool, answer_text, parse_tool_calls, prepare_call, run_calls
+from tiplight.registry import Registry
 
 Split = Literal["train", "test"]
 EndReason = Literal["answer", "max_turns", "max_tokens"]
@@ -110,36 +111,8 @@ class Environment(ABC):
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: dict[str, type[Environment]] = {}
-EnvironmentClass = TypeVar("EnvironmentClass", bound=type[Environment])
-
-
-def register_environment(cls: EnvironmentClass) -> EnvironmentClass:
-    """Class decorator: make ``cls`` buildable by its class name through ``get_environment``.
-
-    A second class with a taken name raises; re-importing the same module (same qualified name) does not.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Environment)):
-        raise TypeError(f"register_environment expects an Environment subclass; got {cls!r}.")
-    known = _REGISTRY.get(cls.__name__)
-    if known is not None and _qualified(known) != _qualified(cls):
-        raise ValueError(f"An environment named {cls.__name__!r} is already registered ({_qualified(known)}); "
-                         "rename the class.")
-    _REGISTRY[cls.__name__] = cls
-    return cls
-
-
-def get_environment(name: str, **kwargs: object) -> Environment:
-    """Build the registered environment ``name`` with ``kwargs``, e.g. ``get_environment("ToyLookup")``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown environment {name!r}; registered environments: {', '.join(list_environments())}.")
-    return _REGISTRY[name](**kwargs)
-
-
-def list_environments() -> list[str]:
-    """Names of all registered environments, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+# the contract's names: register_environment (a class decorator), get_environment(name, **kwargs), list_environments()
+_REGISTRY: Registry[type[Environment]] = Registry(Environment, "environment")
+register_environment = _REGISTRY.register
+get_environment = _REGISTRY.build
+list_environments = _REGISTRY.names
