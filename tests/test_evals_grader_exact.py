@@ -22,3 +22,33 @@ from tiplight.evals import extract_answer, grade
 def test_exact_values_beyond_the_numeric_precision_are_compared_exactly(response, gold, expected):
     """Integers and fractions differ by 1 in 10^100 here: below the 80-digit numeric agreement."""
     assert grade(response, gold) is expected
+
+
+MATH500_451 = (  # MATH-500 solution #451 ends with the same value boxed twice
+    r"Thus, the answer is $\boxed{15\frac{39}{40}}, \text{ or } \boxed{\frac{639}{40}}$.",
+    r"\boxed{15\frac{39}{40}}, or \boxed{\frac{639}{40}}",
+)
+
+
+@pytest.mark.parametrize("response", MATH500_451)
+@pytest.mark.parametrize("gold", [r"\frac{639}{40}", r"15\frac{39}{40}", MATH500_451[1]])
+def test_the_same_value_offered_twice_with_or_is_one_answer(response, gold):
+    assert grade(response, gold) is True
+
+
+@pytest.mark.parametrize(
+    ("response", "gold", "expected"),
+    [
+        (r"$x = \boxed{3}$ or $x = \boxed{-5}$", "3, -5", True),  # "or" still lists the roots
+        (r"$x = \boxed{3}$ or $x = \boxed{-5}$", "3", False),  # a hedge is not an answer
+        (r"$x = \boxed{3}$ or $x = \boxed{-5}$", "-5", False),
+        (r"\boxed{\sqrt{8}} or \boxed{2\sqrt{2}}", r"2\sqrt{2}", True),  # decided by a worker
+        (r"\boxed{\sqrt{8}} or \boxed{3\sqrt{2}}", r"2\sqrt{2}", False),
+    ],
+)
+def test_or_between_boxes_lists_answers_unless_they_are_one_value(response, gold, expected):
+    assert grade(response, gold) is expected
+
+
+def test_boxes_joined_by_or_are_extracted_as_alternatives():
+    assert extract_answer(MATH500_451[1]) == r"15\frac{39}{40} \text{ or } \frac{639}{40}"

@@ -3,7 +3,7 @@
 Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
 is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
 self-correction overrides an earlier box. Boxes joined only by ",", "and", "or" or
-`\\quad\\text{and}\\quad` form one list answer; an answer sentence in prose ("The largest $n$ is 34")
+`\\quad\\text{and}\\quad` form one list answer (joined by `\\text{ or }` for "or": alternatives); an answer sentence in prose ("The largest $n$ is 34")
 gives the value after its verb. Without candidates, a short response that is just an expression is its
 own answer; then a final `**bold**`; the last number (or the comma list it ends) is the last resort.
 All scans are linear (brace matching, bounded gaps, and regexes without adjacent quantifiers over the
@@ -39,6 +39,7 @@ _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
 _JOIN_NOISE = re.compile(r"\\(?:q?quad|text|mbox|mathrm|[,;:! ])|[${}()\\\s.]|\b[a-zA-Z](?:_\d+)?\s*=")
 _JOIN_WORDS = {"", ",", ";", "and", "or", "andalso", ",and", ",or", "&", "&&"}
 MAX_JOIN_GAP = 80
+OR_JOINT = " \\text{ or } "
 
 
 def cut_template_tail(text: str) -> str:
@@ -83,20 +84,26 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
             if not tok:
                 continue
             content, end = tok.group(1), tok.end()
-        if out and out[-1][1] <= m.start() and _joins_boxes(text[out[-1][1] : m.start()]):
+        joint = _box_joint(text[out[-1][1] : m.start()]) if out and out[-1][1] <= m.start() else None
+        if joint is not None:
             start, _, prev = out.pop()
-            out.append((start, end, f"{prev}, {content}"))
+            out.append((start, end, f"{prev}{joint}{content}"))
         elif not out or m.start() >= out[-1][1]:  # skip boxes nested in the previous one
             out.append((m.start(), end, content))
     return out
 
 
-def _joins_boxes(gap: str) -> bool:
-    """Is the text between two boxes only a list separator: ",", "and", "or", `\\quad\\text{and}\\quad`,
-    `$ or $x =`? Only short gaps are looked at, so this stays linear in the response."""
+def _box_joint(gap: str) -> str | None:
+    """How the text between two boxes joins them, when it is only a list separator (",", "and", "or",
+    `\\quad\\text{and}\\quad`, `$ or $x =`): ", ", or `\\text{ or }` for "or", which may also offer
+    the same value twice (`\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}`). None otherwise.
+    Only short gaps are looked at, so this stays linear in the response."""
     if len(gap) > MAX_JOIN_GAP:
-        return False
-    return _JOIN_NOISE.sub("", gap).lower() in _JOIN_WORDS
+        return None
+    word = _JOIN_NOISE.sub("", gap).lower()
+    if word not in _JOIN_WORDS:
+        return None
+    return OR_JOINT if word in ("or", ",or") else ", "
 
 
 def _sentence_answer(text: str, start: int) -> str | None:
