@@ -116,7 +116,7 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
 
 
 def alternatives(s: str) -> list[str]:
-    """The top-level pieces of `s` joined by "or" (`\text{ or }` or the bare word); `[s]` when there is
+    """The top-level pieces of `s` joined by "or" (`\\text{ or }` or the bare word); `[s]` when there is
     none or too many."""
     pieces, _ = split_top(_TEXT_OR.sub(r"\text{ or }", s), ("\text{ or }", " or "))
     return pieces if 1 < len(pieces) <= MAX_ALTERNATIVES and all(pieces) else [s]

@@ -3,8 +3,9 @@
 Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
 is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
 self-correction overrides an earlier box. Boxes joined only by ",", "and", "or" or
-`\\quad\\text{and}\\quad` form one list answer (joined by `\\text{ or }` for "or": alternatives); an answer sentence in prose ("The largest $n$ is 34")
-gives the value after its verb. Without candidates, a short response that is just an expression is its
+`\\quad\\text{and}\\quad` form one list answer (joined by `\\text{ or }` after "or": alternatives,
+which may be one value written twice); an answer sentence in prose ("The largest $n$ is 34") gives
+the value after its verb. Without candidates, a short response that is just an expression is its
 own answer; then a final `**bold**`; the last number (or the comma list it ends) is the last resort.
 All scans are linear (brace matching, bounded gaps, and regexes without adjacent quantifiers over the
 same characters) so a huge input is safe; this reader runs in-process, so it must be. Math-Verify's
