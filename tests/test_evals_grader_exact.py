@@ -52,3 +52,15 @@ def test_or_between_boxes_lists_answers_unless_they_are_one_value(response, gold
 
 def test_boxes_joined_by_or_are_extracted_as_alternatives():
     assert extract_answer(MATH500_451[1]) == r"15\frac{39}{40} \text{ or } \frac{639}{40}"
+
+
+def test_a_box_opened_before_the_scan_window_is_the_answer_not_a_number_inside_it():
+    """A box that opens more than MAX_SCAN characters from the end: its content is the answer (too long
+    to equal any gold), not the last number of the window."""
+    from tiplight.evals.extract import MAX_SCAN
+
+    response = r"So \boxed{" + "1 + " * (MAX_SCAN // 4 + 1000) + "42}."
+    assert extract_answer(response).startswith("1 + 1 + ")
+    assert grade(response, "42") is False
+    closed = r"\boxed{7} " + "and 1 + " * (MAX_SCAN // 8 + 1000) + "42."  # a box closed before the window
+    assert extract_answer(closed) == "42"

@@ -17,11 +17,13 @@ from __future__ import annotations
 import re
 
 MAX_SCAN = 200_000  # characters from the end of a response that are searched
+MAX_BOX_REACH = 1_000_000  # characters before that window searched for a box still open in it
 _STOP_TOKENS = (
     "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>",
     "</s>", "<|end|>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<end_of_turn>",
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+_BRACE = re.compile(r"(?<!\\)[{}]")  # as `brace_pairs` reads them
 # no two adjacent quantifiers over the same characters: `\s*\**\s*` backtracks quadratically on a
 # whitespace run ("final answer" + 30000 spaces took 41 s)
 _SENTENCE = re.compile(
@@ -94,6 +96,24 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def scan_window(text: str) -> str:
+    """The last `MAX_SCAN` characters, reaching back to a box still open where they begin (its content
+    is the answer, not a number inside it), looked for up to `MAX_BOX_REACH` characters earlier."""
+    start = len(text) - MAX_SCAN
+    if start <= 0:
+        return text
+    lo = max(0, start - MAX_BOX_REACH)
+    still_open: list[int] = []  # positions of the braces opened before `start` that are open there
+    for m in _BRACE.finditer(text, lo, start):
+        if m.group() == "{":
+            still_open.append(m.start())
+        elif still_open:
+            still_open.pop()
+    opened = set(still_open)
+    box = next((m.start() for m in _BOX.finditer(text, lo, start) if m.end() - 1 in opened), start)
+    return text[box:]  # the first open box is the outermost
+
+
 def _box_joint(gap: str) -> str | None:
     """How the text between two boxes joins them, when it is only a list separator (",", "and", "or",
     `\\quad\\text{and}\\quad`, `$ or $x =`): ", ", or `\\text{ or }` for "or", which may also offer
@@ -156,7 +176,7 @@ def extract_answer(text: str) -> str | None:
     """The final answer in `text` (a full model output or a bare answer), or None when there is none."""
     if not isinstance(text, str):
         return None
-    text = cut_template_tail(text)[-MAX_SCAN:].strip()
+    text = scan_window(cut_template_tail(text)).strip()
     if not text:
         return None
     candidates = [(start, content) for start, _, content in _boxes(text)]
