@@ -8,8 +8,13 @@ from tiplight.selection import RandomTokens
 
 
 def test_a_micro_batch_draws_the_same_tokens_whatever_comes_before_it(tiny, prompts_file, tmp_path):
-    module = make_module(tiny, selector=RandomTokens(0.5), stats_scope="micro", micro_batch_size=2,
-                         optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    module = make_module(
+        tiny,
+        selector=RandomTokens(0.5),
+        stats_scope="micro",
+        micro_batch_size=2,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+    )
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
     with torch.no_grad():
         parts = module.score(module.last_step.rollout)  # 4 micro-batches of 2 rollouts
