@@ -20,6 +20,7 @@ from tiplight.models import (
     LoRA,
     ModelSource,
     Quantization,
+    check_chat_format,
     check_teacher_tokenizer,
     export_student,
     freeze,
@@ -38,7 +39,7 @@ from tiplight.parallel import (
     sum_over_ranks,
 )
 from tiplight.passes import ScoredPart, sample, score
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.schedule import lr_factor
 from tiplight.seeding import derived_seed, resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
@@ -94,6 +95,8 @@ class DistillModule(L.LightningModule):
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
         engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
+        allow_template_mismatch: train although teacher and student differ in chat template or EOS tokens
+            (checked at start-up; a difference is an error unless this is set on purpose).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class DistillModule(L.LightningModule):
         max_empty_steps: int = 20,
         seed: int | None = None,
         engine: RolloutEngine | None = None,
+        allow_template_mismatch: bool = False,
     ):
         super().__init__()
         self.divergence = losses.get_divergence(divergence, jsd_beta)
@@ -189,9 +193,13 @@ class DistillModule(L.LightningModule):
                                seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
         models = [student]
         if hp.teacher is not None:
-            check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
+            teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
             teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher", device))
+            if teacher_tokenizer is not None:
+                check_chat_format((self.tokenizer, eos_token_ids(self.tokenizer, student)),
+                                  (teacher_tokenizer, eos_token_ids(teacher_tokenizer, teacher)),
+                                  self.tokenizer_field, hp.allow_template_mismatch)
             self.__dict__["_teacher"] = teacher
             models.append(teacher)
         self.vocab_size = vocab_size(self.tokenizer, *models)
