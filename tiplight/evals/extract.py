@@ -17,13 +17,12 @@ from __future__ import annotations
 import re
 
 MAX_SCAN = 200_000  # characters from the end of a response that are searched
-MAX_BOX_REACH = 1_000_000  # characters before that window searched for a box still open in it
 _STOP_TOKENS = (
     "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<|start_header_id|>",
     "</s>", "<|end|>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<end_of_turn>",
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
-_BRACE = re.compile(r"(?<!\\)[{}]")  # as `brace_pairs` reads them
+_BRACE = re.compile(r"(?<!\\)[{}]")
 # no two adjacent quantifiers over the same characters: `\s*\**\s*` backtracks quadratically on a
 # whitespace run ("final answer" + 30000 spaces took 41 s)
 _SENTENCE = re.compile(
@@ -58,16 +57,16 @@ def cut_template_tail(text: str) -> str:
 def brace_pairs(text: str) -> dict[int, int]:
     """Index of the matching `}` for every `{` (escaped `\\{`/`\\}` ignored), in one linear pass.
 
-    One pass for the whole text keeps `\\boxed{\\boxed{...` repeated a million times linear too.
+    One pass for the whole text keeps `\\boxed{\\boxed{...` repeated a million times linear too; the
+    regex skips everything between braces at C speed.
     """
     pairs: dict[int, int] = {}
     stack: list[int] = []
-    for i, c in enumerate(text):
-        if c in "{}" and i and text[i - 1] == "\\":
-            continue
-        if c == "{":
+    for m in _BRACE.finditer(text):
+        i = m.start()
+        if text[i] == "{":
             stack.append(i)
-        elif c == "}" and stack:
+        elif stack:
             pairs[stack.pop()] = i
     return pairs
 
@@ -97,21 +96,37 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
 
 
 def scan_window(text: str) -> str:
-    """The last `MAX_SCAN` characters, reaching back to a box still open where they begin (its content
-    is the answer, not a number inside it), looked for up to `MAX_BOX_REACH` characters earlier."""
+    """The last `MAX_SCAN` characters, reaching back to the last box that opened before them when it is
+    still open where they begin: its content is the answer, not a number inside it."""
     start = len(text) - MAX_SCAN
     if start <= 0:
         return text
-    lo = max(0, start - MAX_BOX_REACH)
-    still_open: list[int] = []  # positions of the braces opened before `start` that are open there
-    for m in _BRACE.finditer(text, lo, start):
-        if m.group() == "{":
-            still_open.append(m.start())
-        elif still_open:
-            still_open.pop()
-    opened = set(still_open)
-    box = next((m.start() for m in _BOX.finditer(text, lo, start) if m.end() - 1 in opened), start)
-    return text[box:]  # the first open box is the outermost
+    box = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+    m = _BOX.match(text, box) if box >= 0 else None
+    if m is None or not m.group(1) or _closes_before(text, m.end() - 1, start):
+        return text[start:]
+    return text[box:]
+
+
+def _closes_before(text: str, open_at: int, stop: int) -> bool:
+    """Does the `{` at `open_at` close before `stop` (escaped braces ignored, as in `brace_pairs`)?
+    Blocks where the depth cannot reach zero are skipped with `str.count`, so this runs at C speed."""
+    depth, i = 1, open_at + 1
+    while i < stop:
+        j = min(stop, i + 4096)
+        j += j < stop and text[j - 1] == "\\"  # never split an escaped brace
+        block = text[i:j]
+        closes = block.count("}") - block.count("\\}")
+        if depth > closes:
+            depth += block.count("{") - block.count("\\{") - closes
+        else:
+            for k in range(i, j):
+                if text[k] in "{}" and text[k - 1] != "\\":
+                    depth += 1 if text[k] == "{" else -1
+                    if depth == 0:
+                        return True
+        i = j
+    return False
 
 
 def _box_joint(gap: str) -> str | None:
@@ -181,8 +196,8 @@ def extract_answer(text: str) -> str | None:
         return None
     candidates = [(start, content) for start, _, content in _boxes(text)]
     after = candidates[-1][0] if candidates else -1
-    for tries, m in enumerate(reversed(list(_SENTENCE.finditer(text)))):
-        if m.start() < after or tries >= 20:  # only a sentence after the last box can override it
+    for tries, m in enumerate(reversed(list(_SENTENCE.finditer(text, max(after, 0))))):
+        if tries >= 20:  # only a sentence after the last box can override it
             break
         answer = _sentence_answer(text, m.end())
         if answer and (after < 0 or _mathy(answer)):  # "...so the answer is correct." keeps the box
