@@ -138,4 +138,3 @@ def test_math_train_solutions_grade_as_their_own_answers():
     rows = [r for r in load_benchmark("math_train") if r["answer"]]
     verdicts = grade_many([r["solution"] for r in rows], [r["answer"] for r in rows])
     assert len(rows) == 7498 and sum(verdicts) >= 7484
-
