@@ -44,7 +44,7 @@ def test_review_examples_from_the_issue():
     assert grade(r"\frac{10\sqrt{10.5}}{27}", r"\frac{5\sqrt{42}}{27}", timeout=1.5) is True
     start = time.monotonic()
     assert grade("The final answer" + " " * 30000 + "x", "1", timeout=2.0) is False
-    assert time.monotonic() - start < 3.0
+    assert time.monotonic() - start < 2 * 2.0 + 10  # a stall (the review's super-linear scan) takes minutes
 
 
 @pytest.mark.parametrize(
@@ -65,15 +65,17 @@ def test_extract_answer_review_forms(text, answer):
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_no_stall_on_a_megabyte_of_hostile_text(name):
-    """Every call returns within timeout + 1 s, as response and as gold, whatever the text."""
+    """Every call returns within its two attempts' time, as response and as gold, whatever the text; the
+    in-process extraction is linear (its CPU time, which load does not stretch, stays far below the hours a
+    quadratic scan of a megabyte takes). The margins catch a stall, not a slow machine."""
     text, timeout = HOSTILE[name], 1.0
     for response, gold in ((text, "1"), ("1", text), (text, text[:2000])):
         start = time.monotonic()
         grade(response, gold, timeout=timeout)
-        assert time.monotonic() - start < timeout + 1.0
-    start = time.monotonic()
-    extract_answer(text)  # in-process and linear: the same bound, though no worker is involved
-    assert time.monotonic() - start < timeout + 1.0
+        assert time.monotonic() - start < 2 * timeout + 10
+    start = time.process_time()
+    extract_answer(text)
+    assert time.process_time() - start < 5.0
 
 
 def test_warmup_warms_every_worker():

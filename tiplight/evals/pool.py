@@ -131,6 +131,10 @@ class WorkerPool:
         """Start a worker; a background thread hands it to the idle list once it is warm."""
         with self._cond:
             self._warming += 1
+        self._start()
+
+    def _start(self) -> None:
+        """Start a worker already counted in ``_warming``."""
         worker = Worker()
         threading.Thread(target=self._warm, args=(worker,), daemon=True).start()
 
@@ -193,11 +197,13 @@ class WorkerPool:
     def _replace(self, worker: Worker) -> None:
         """Kill an overrunning worker and start a replacement, off the caller's path (no reaping wait)."""
         worker.proc.kill()
-        self.replaced += 1
+        with self._cond:
+            self.replaced += 1
+            self._warming += 1  # counted at once: warmup() waits for the replacement, not only its start
 
         def reap_and_restart() -> None:
             worker.kill()
-            self._spawn()
+            self._start()
 
         threading.Thread(target=reap_and_restart, daemon=True).start()
 
