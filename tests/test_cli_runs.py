@@ -39,3 +39,47 @@ def test_fsdp2_fits_exports_and_resumes_a_tied_student(tied, prompts_file, tmp_p
                   str(ckpt), "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states" in resumed.stdout + resumed.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, prompts_file, tmp_path_factory) -> dict[str, Path]:
+    """A 2-step run from a student directory of its own (so a test can move it), with its checkpoint."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("trained")
+    student = Path(shutil.copytree(tiny["student"], root / "student"))
+    config = write_config(root / "run.yaml", {**tiny, "student": str(student)}, prompts_file)
+    done = fit("--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = next((root / "runs").rglob("*.ckpt"))
+    return {"root": root, "config": config, "student": student, "ckpt": ckpt}
+
+
+@pytest.mark.slow
+def test_resume_honours_a_moved_student_and_the_options_given(trained, tmp_path):
+    """Once: the checkpoint's student path, sampling and divergence replaced the ones given (a moved
+    student could not be resumed at all, and config.yaml showed the checkpoint's values)."""
+    import yaml
+
+    moved = trained["student"].rename(tmp_path / "moved")
+    try:
+        done = fit("--config", str(trained["config"]), "--ckpt_path", str(trained["ckpt"]), "--model.student",
+                   str(moved), "--model.sampling.max_new_tokens", "4", "--model.divergence", "forward_kl",
+                   "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed"))
+    finally:
+        moved.rename(trained["student"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model.divergence='forward_kl' (the checkpoint had 'reverse_kl')" in done.stderr
+    assert "model.sampling.max_new_tokens=4 (the checkpoint had 6)" in done.stderr
+    saved = yaml.safe_load(next((tmp_path / "resumed").rglob("config.yaml")).read_text())["model"]
+    assert (saved["student"], saved["sampling"]["max_new_tokens"], saved["divergence"]) == (str(moved), 4, "forward_kl")
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_student_structure_in_one_sentence(trained, tmp_path):
+    """Once: the checkpoint's lora=None silently replaced the LoRA adapter asked for."""
+    done = fit("--config", str(trained["config"]), "--ckpt_path", str(trained["ckpt"]), "--model.lora.r", "4",
+               "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed"))
+    assert done.returncode == 2
+    assert "model.lora=" in done.stderr and "(the checkpoint holds None)" in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

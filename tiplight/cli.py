@@ -24,6 +24,7 @@ from tiplight.callbacks import Interruption
 from tiplight.console import progress_bar, quiet
 from tiplight.data import PromptDataModule
 from tiplight.module import DistillModule
+from tiplight.resume import check_resume
 
 COMMANDS = """tiplight's own commands (each has --help):
   tiplight toy build|eval ...    build or evaluate the embedded toy world's models
@@ -53,13 +54,15 @@ class TiplightCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hparams here, before any hook: check the file first
+        # Lightning replaces the model options with the checkpoint's here; tiplight keeps the command's
+        # (tiplight.resume) after checking the file
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path:
-            check_checkpoint(path)
+        if not path:
+            return
+        check_checkpoint(path)
         try:
-            super()._parse_ckpt_path()
+            check_resume(self.config[subcommand]["model"].as_dict(), path)
         except pickle.UnpicklingError as error:
             found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
             raise ValueError(f"ckpt_path={path!r} holds objects that safe loading refuses "
