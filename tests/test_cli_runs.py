@@ -83,3 +83,63 @@ def test_resume_refuses_another_student_structure_in_one_sentence(trained, tmp_p
     assert done.returncode == 2
     assert "model.lora=" in done.stderr and "(the checkpoint holds None)" in done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def signalled_config(tmp_path: Path, tiny: dict, prompts_file: str, hook: str | None) -> Path:
+    """write_config's run with an evaluation at fit start and end, and a SIGTERM just before the one
+    in ``hook`` (None: no signal)."""
+    import json
+
+    import yaml
+
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"id": str(i), "problem": f"{i}+1?", "answer": str(i + 1)}) + "\n"
+                             for i in range(3)))
+    config = yaml.safe_load(write_config(tmp_path / "run.yaml", tiny, prompts_file).read_text())
+    config["trainer"]["callbacks"] = [
+        *([{"class_path": "signals.SigtermAt", "init_args": {"hook": hook}}] if hook else []),
+        {"class_path": "tiplight.evals.MathEvalCallback",
+         "init_args": {"benchmarks": [str(bench)], "num_samples": 1, "temperature": 0.0, "max_new_tokens": 4,
+                       "at_fit_start": True, "at_validation": False, "grade_workers": 1, "instruction": None}},
+        {"class_path": "tiplight.callbacks.RunSummary"}]
+    path = tmp_path / f"signalled_{hook}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fit_with_tests_on_path(*args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"),
+                                                                     str(Path(__file__).parent)]))}
+    return subprocess.run([*COMMAND, "fit", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_final_evaluation_keeps_a_checkpoint_that_finishes_the_run(tiny, prompts_file, tmp_path):
+    """Once: rc -15 (the default handler: Lightning restores it before on_fit_end), no message, no
+    checkpoint: the whole run lost."""
+    import json
+
+    config = signalled_config(tmp_path, tiny, prompts_file, "on_fit_end")
+    done = fit_with_tests_on_path("--config", str(config))
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "interrupted by SIGTERM after training at step 2" in done.stderr and "resume with --ckpt_path" in done.stderr
+    ckpt = next((tmp_path / "runs").rglob("interrupted.ckpt"))
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2
+    assert not list((tmp_path / "runs").rglob("summary.json"))
+    finished = fit("--config", str(signalled_config(tmp_path, tiny, prompts_file, None)), "--ckpt_path", str(ckpt),
+                   "--trainer.default_root_dir", str(tmp_path / "finished"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    summary = json.loads(next((tmp_path / "finished").rglob("summary.json")).read_text())
+    assert summary["steps"] == 2 and summary["student_dir"]
+    assert summary["accuracy_before"] is not None and summary["accuracy_after"] is not None
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_says_nothing_was_trained(tiny, prompts_file, tmp_path):
+    """Once: rc -15 and no message (Lightning's handler is not yet installed at fit start)."""
+    done = fit_with_tests_on_path("--config", str(signalled_config(tmp_path, tiny, prompts_file, "on_fit_start")))
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert "interrupted by SIGTERM before training at step 0: nothing was trained" in done.stderr
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
