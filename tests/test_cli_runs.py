@@ -143,3 +143,41 @@ def test_sigterm_before_training_says_nothing_was_trained(tiny, prompts_file, tm
     assert done.returncode == 143, done.stderr[-3000:]
     assert "interrupted by SIGTERM before training at step 0: nothing was trained" in done.stderr
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_corrupted_mid_file_is_refused_in_one_sentence(trained, tmp_path):
+    """Once: rc 0, NaN loss from the first step and an exported student with every tensor non-finite."""
+    bad = tmp_path / "bad.ckpt"
+    data = bytearray(trained["ckpt"].read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # NaN floats inside a tensor record
+    bad.write_bytes(bytes(data))
+    done = fit("--config", str(trained["config"]), "--ckpt_path", str(bad), "--trainer.max_steps", "3",
+               "--trainer.default_root_dir", str(tmp_path / "resumed"))
+    assert done.returncode == 2 and "fails its CRC-32 check" in done.stderr, done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "resumed").exists()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_non_finite_weights_is_refused(trained, tmp_path):
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    name = next(iter(ckpt["state_dict"]))
+    ckpt["state_dict"][name][0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.ckpt")
+    done = fit("--config", str(trained["config"]), "--ckpt_path", str(tmp_path / "nan.ckpt"), "--trainer.max_steps",
+               "3", "--trainer.default_root_dir", str(tmp_path / "resumed"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"the checkpoint's weight {name} holds NaN or inf" in done.stderr
+    assert not list((tmp_path / "resumed").rglob("student"))
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_the_run_and_nothing_is_exported(tiny, prompts_file, tmp_path):
+    """Once: a diverged run (weights ~1e30 after two steps, NaN loss at the third) ended with rc 0 and
+    exported its student."""
+    config = write_config(tmp_path / "run.yaml", tiny, prompts_file)
+    done = fit("--config", str(config), "--trainer.max_steps", "3", "--model.optimizer", "torch.optim.AdamW",
+               "--model.optimizer.lr", "1e30")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "the training loss is nan at step 3" in done.stderr and "not exported" in done.stderr
+    assert not list((tmp_path / "runs").rglob("student")) and not list((tmp_path / "runs").rglob("summary.json"))

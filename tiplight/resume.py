@@ -1,10 +1,12 @@
 """What a resumed run (``--ckpt_path``) takes from its checkpoint: the weights and the loop's state, never
 the model options. Those come from the command as typed; an option that gives the checkpoint's weights
-another structure is refused in one sentence, and every other difference is named in one line."""
+another structure is refused in one sentence, and every other difference is named in one line. A file
+whose records fail their checksums is refused before anything is loaded from it."""
 
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +42,22 @@ def differences(given: dict[str, Any], saved: dict[str, Any]) -> dict[str, tuple
     return out
 
 
+def check_intact(path: str) -> None:
+    """Test a ``.ckpt`` file's records against their CRC-32 (one read of the file): torch.load does not,
+    and a file corrupted mid-way loads with wrong weights. A distributed checkpoint has no checksums."""
+    if not Path(path).is_file():
+        return
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"ckpt_path={path!r} is corrupted: its record {bad!r} fails its CRC-32 check; resume "
+                         "from another checkpoint (an earlier one, or interrupted.ckpt).")
+
+
 def check_resume(given: dict[str, Any], path: str) -> None:
-    """Refuse a resume whose structural options differ from the checkpoint's; name the other
-    differences (the given values are used: a moved student directory, new sampling or divergence)."""
+    """Refuse a corrupted checkpoint, or a resume whose structural options differ from the checkpoint's;
+    name the other differences (the given values are used: a moved student, new sampling or divergence)."""
+    check_intact(path)
     diff = differences(given, saved_hparams(path))
     structural = {k: v for k, v in diff.items() if k in STRUCTURAL or k.startswith("student_quantization.")}
     if structural:
