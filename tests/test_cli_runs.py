@@ -124,6 +124,7 @@ def test_sigterm_in_the_final_evaluation_keeps_a_checkpoint_that_finishes_the_ru
     config = signalled_config(tmp_path, tiny, prompts_file, "on_fit_end")
     done = fit_with_tests_on_path("--config", str(config))
     assert done.returncode == 143, done.stderr[-3000:]
+    assert "math eval (fit_start) bench: 3/3 problems" in done.stdout  # progress of the fit-start evaluation
     assert "interrupted by SIGTERM after training at step 2" in done.stderr and "resume with --ckpt_path" in done.stderr
     ckpt = next((tmp_path / "runs").rglob("interrupted.ckpt"))
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 2
@@ -181,3 +182,40 @@ def test_a_non_finite_loss_stops_the_run_and_nothing_is_exported(tiny, prompts_f
     assert done.returncode == 2, done.stderr[-3000:]
     assert "the training loss is nan at step 3" in done.stderr and "not exported" in done.stderr
     assert not list((tmp_path / "runs").rglob("student")) and not list((tmp_path / "runs").rglob("summary.json"))
+
+
+@pytest.mark.slow
+def test_validate_evaluates_accuracy_with_a_config_that_evaluates_only_at_fit_end(tiny, prompts_file, tmp_path):
+    """Once: only val/opd_loss, since every shipped config sets at_validation: false (for fit)."""
+    config = signalled_config(tmp_path, tiny, prompts_file, None)
+    done = subprocess.run([*COMMAND, "validate", "--config", str(config), "--model.student", tiny["student"]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval/bench/accuracy" in done.stdout and "val/opd_loss" in done.stdout
+    assert "math eval (validation) bench: 3/3 problems" in done.stdout
+
+
+def run_main(args: list[str], capsys) -> tuple[int, str, str]:
+    from tiplight.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out = capsys.readouterr()
+    return done.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", ["test", "predict"])
+def test_test_and_predict_are_not_offered(command, capsys):
+    """Once: listed by --help, then failing (a DistillModule has no test or predict step)."""
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0 and "{fit,validate}" in out
+    code, _, err = run_main([command, "--config", str(CONFIGS / "toy.yaml")], capsys)
+    assert code == 2 and f"invalid choice: '{command}' (choose from 'fit', 'validate')" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for machines without a GPU")
+def test_a_gpu_config_on_a_cpu_machine_says_accelerator_cpu(capsys):
+    """Once: 'No supported gpu backend found!'."""
+    code, _, err = run_main(["fit", "--config", str(CONFIGS / "qwen3_8b_to_4b.yaml")], capsys)
+    assert code == 2 and "trainer.accelerator='gpu' needs a GPU" in err and "--trainer.accelerator cpu" in err
+    assert len(err.strip().splitlines()) == 1

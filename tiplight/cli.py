@@ -53,6 +53,11 @@ class TiplightCLI(LightningCLI):
             **kwargs,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: a DistillModule has no test or predict step."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def _parse_ckpt_path(self) -> None:
         # Lightning replaces the model options with the checkpoint's here; tiplight keeps the command's
         # (tiplight.resume) after checking the file
@@ -74,7 +79,14 @@ class TiplightCLI(LightningCLI):
         given = [*(configured if isinstance(configured, list) else [configured]), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, progress_bar()]
-        return super()._instantiate_trainer(config, [*callbacks, Interruption()])
+        try:
+            return super()._instantiate_trainer(config, [*callbacks, Interruption()])
+        except MisconfigurationException as error:
+            if "No supported gpu backend found" not in str(error):
+                raise
+            raise ValueError(f"trainer.accelerator={config.get('accelerator')!r} needs a GPU and this machine has "
+                             "none; on a CPU-only machine add --trainer.accelerator cpu --trainer.devices 1 "
+                             "(configs/toy.yaml runs the whole loop on a CPU in minutes).") from None
 
 
 def check_checkpoint(path: str) -> None:
