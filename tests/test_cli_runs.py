@@ -219,3 +219,14 @@ def test_a_gpu_config_on_a_cpu_machine_says_accelerator_cpu(capsys):
     code, _, err = run_main(["fit", "--config", str(CONFIGS / "qwen3_8b_to_4b.yaml")], capsys)
     assert code == 2 and "trainer.accelerator='gpu' needs a GPU" in err and "--trainer.accelerator cpu" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_differences_compare_groups_field_by_field():
+    from tiplight.resume import differences
+
+    saved = {"student": "/old", "lora": None, "sampling": {"top_k": 0, "max_new_tokens": 6}, "seed": None}
+    given = {"student": "/new", "lora": {"r": 4}, "sampling": {"top_k": 0, "max_new_tokens": 4}, "seed": None,
+             "selector": {"class_path": "AllTokens"}}  # not in checkpoints: not compared
+    assert differences(given, saved) == {"student": ("/new", "/old"), "lora": ({"r": 4}, None),
+                                         "sampling.max_new_tokens": (4, 6)}
+    assert differences(saved, saved) == {}
