@@ -93,6 +93,17 @@ def packable(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def tied(tmp_path_factory) -> dict[str, str]:
+    """A Qwen3 teacher and student whose lm_head is their input embedding (as Qwen3-4B, Qwen2.5-1.5B)."""
+    root = tmp_path_factory.mktemp("tied")
+    paths = {}
+    for name, hidden, seed in (("teacher", 48, 1), ("student", 32, 2)):
+        paths[name] = str(build_tokenizer(build_model(root / name, "qwen3", hidden, seed=seed, tie=True),
+                                          chat_template=True))
+    return paths
+
+
+@pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory) -> str:
     import json
 

@@ -1,4 +1,4 @@
-"""Run two OPD steps on tiny models under a strategy and write losses, kept sets and parameters.
+"""Run two OPD steps on tiny models under a strategy and write losses, kept sets, gradients and parameters.
 
 Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT``;
 ``STRATEGY+lora`` trains a LoRA adapter (frozen lm_head). Lightning re-launches this script once per extra rank.
@@ -19,17 +19,34 @@ from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
 
 
+class GradRecording(Recording):
+    """Also records each step's gradient, per parameter: its sum and norm (whole tensors, FSDP2's shards
+    gathered)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grads: list[dict[str, list[float]]] = []
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = {}
+        for name, param in self.student.named_parameters():
+            if param.grad is not None:
+                grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
+                grads[name] = [grad.double().sum().item(), grad.double().norm().item()]
+        self.grads.append(grads)
+
+
 def strategy(name: str):
     if name == "fsdp2":
-        from lightning.pytorch.strategies import ModelParallelStrategy
+        from tiplight.parallel import FSDP2Strategy
 
-        return ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        return FSDP2Strategy()
     return "auto" if name == "single" else name
 
 
 def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
     name, _, lora = name.partition("+")
-    module = Recording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
+    module = GradRecording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
                        sampling=Sampling(max_new_tokens=8), micro_batch_size=2,
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lora=LoRA(r=4, alpha=8) if lora else None)
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
@@ -43,7 +60,7 @@ def main(name: str, devices: int, teacher: str, student: str, prompts: str, out:
         params[key] = full.detach().double().sum().item()
     if trainer.global_rank == 0:
         with open(out, "w") as f:
-            json.dump({"steps": module.record, "params": params}, f)
+            json.dump({"steps": module.record, "grads": module.grads, "params": params}, f)
 
 
 if __name__ == "__main__":

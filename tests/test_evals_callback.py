@@ -143,7 +143,7 @@ def test_generation_is_sharded_and_records_gathered(bench, monkeypatch):
 
     cb = MathEvalCallback(benchmarks=[bench], num_samples=4, batch_size=1)
     shards = [
-        cb._run_shard(SimpleNamespace(global_rank=r, world_size=2), FakeStudent(), bench) for r in range(2)
+        cb._run_shard(SimpleNamespace(global_rank=r, world_size=2, is_global_zero=r == 0), FakeStudent(), bench, "x") for r in range(2)
     ]
     assert [[r["id"] for r in s] for s in shards] == [["p1", "p3"], ["p2"]]
 

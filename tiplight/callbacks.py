@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -98,19 +100,52 @@ class RunSummary(L.Callback):
 
 
 class Interruption(L.Callback):
-    """What an interrupted fit leaves. SIGTERM (schedulers, ``kill``): Lightning stops after the current
-    step, and a resumable checkpoint is saved to ``<log_dir>/checkpoints/interrupted.ckpt``. Ctrl-C stops
-    mid-step, so nothing more is saved: the message names the last checkpoint, if any. Either way the
-    student is not exported and ``summary.json`` is not written. (``tiplight`` adds this to every run.)"""
+    """What an interrupted fit leaves. SIGTERM (schedulers, ``kill``) during training: Lightning stops
+    after the current step; after training (the final evaluation, the export) the phase stops at once.
+    Either way a resumable checkpoint is saved to ``<log_dir>/checkpoints/interrupted.ckpt`` (resuming
+    one saved after training runs the final phase again). Before training (the fit-start evaluation)
+    nothing was trained, so nothing is saved. Ctrl-C stops mid-step, so nothing more is saved: the message
+    names the last checkpoint, if any. The student is not exported and ``summary.json`` is not written.
+    (``tiplight`` adds this to every run.)"""
+
+    def __init__(self) -> None:
+        self.phase: Literal["start", "train", "end"] = "start"
+        self._previous: Any = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning handles SIGTERM only while training: before (fit-start evaluation) and after it (its
+        # handlers are restored before ``on_fit_end``) the default handler would end the process silently
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.phase = "train"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.phase = "end"
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if self.phase != "train":  # while training, Lightning's own handler stops after the step
+            raise SIGTERMException
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException):
+        if isinstance(exception, SIGTERMException) and self.phase == "start":
+            saved = "nothing was trained in this run yet, so nothing was saved"
+            what = "SIGTERM before training"
+        elif isinstance(exception, SIGTERMException):
             path = _log_dir(trainer) / "checkpoints" / "interrupted.ckpt"
             trainer.save_checkpoint(path)
             saved = f"a resumable checkpoint was saved: resume with --ckpt_path {path}"
-            what = "SIGTERM"
+            what = "SIGTERM" if self.phase == "train" else "SIGTERM after training"
         elif isinstance(exception, KeyboardInterrupt):
             saver = trainer.checkpoint_callback
             last = (saver.last_model_path or saver.best_model_path) if saver else ""

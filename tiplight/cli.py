@@ -24,6 +24,7 @@ from tiplight.callbacks import Interruption
 from tiplight.console import progress_bar, quiet
 from tiplight.data import PromptDataModule
 from tiplight.module import DistillModule
+from tiplight.resume import check_resume
 
 COMMANDS = """tiplight's own commands (each has --help):
   tiplight toy build|eval ...    build or evaluate the embedded toy world's models
@@ -52,14 +53,21 @@ class TiplightCLI(LightningCLI):
             **kwargs,
         )
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: a DistillModule has no test or predict step."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hparams here, before any hook: check the file first
+        # Lightning replaces the model options with the checkpoint's here; tiplight keeps the command's
+        # (tiplight.resume) after checking the file
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path:
-            check_checkpoint(path)
+        if not path:
+            return
+        check_checkpoint(path)
         try:
-            super()._parse_ckpt_path()
+            check_resume(self.config[subcommand]["model"].as_dict(), path)
         except pickle.UnpicklingError as error:
             found = re.search(r"Unsupported global: GLOBAL \S+", str(error))
             raise ValueError(f"ckpt_path={path!r} holds objects that safe loading refuses "
@@ -71,7 +79,14 @@ class TiplightCLI(LightningCLI):
         given = [*(configured if isinstance(configured, list) else [configured]), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, progress_bar()]
-        return super()._instantiate_trainer(config, [*callbacks, Interruption()])
+        try:
+            return super()._instantiate_trainer(config, [*callbacks, Interruption()])
+        except MisconfigurationException as error:
+            if "No supported gpu backend found" not in str(error):
+                raise
+            raise ValueError(f"trainer.accelerator={config.get('accelerator')!r} needs a GPU and this machine has "
+                             "none; on a CPU-only machine add --trainer.accelerator cpu --trainer.devices 1 "
+                             "(configs/toy.yaml runs the whole loop on a CPU in minutes).") from None
 
 
 def check_checkpoint(path: str) -> None:

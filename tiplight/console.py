@@ -72,6 +72,12 @@ class LineProgress(ProgressBar):
         self._last = (step, now)
 
 
+def phase_progress(label: str, done: int, total: int, unit: str, started: float) -> None:
+    """One line of a long phase outside the training bar (an evaluation before or after training):
+    ``label: done/total unit (seconds since started)``, flushed at once for logs and pipes."""
+    print(f"{label}: {done}/{total} {unit} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+
 def progress_bar() -> ProgressBar:
     """Lightning's bar when the console is a terminal, else ``LineProgress``."""
     return TQDMProgressBar() if sys.stdout.isatty() else LineProgress()  # both write to stdout

@@ -347,10 +347,14 @@ def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: P
     if not merge:
         raise ValueError("RunSummary.merge_lora=False cannot export an FSDP2-sharded adapter; export merged "
                          "weights (merge_lora: true) or train the adapter with DDP (configs/strategy/ddp_lora.yaml).")
-    state = {}
+    state, stored = {}, set()
     for name, weight in student_weights(model):  # every rank: each full weight is a collective
-        if write:
-            state[name] = weight.cpu().contiguous()
+        if not write:
+            continue
+        host = weight.cpu().contiguous()  # kept alive in ``state``: no address is reused while stored
+        if host.data_ptr() not in stored:  # a tied weight once (safetensors refuses shared memory), under
+            stored.add(host.data_ptr())  # its first name; from_pretrained ties it again
+            state[name] = host
     if write:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         out.mkdir(parents=True, exist_ok=True)

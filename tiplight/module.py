@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +64,16 @@ class StepRecord:
     rollout: Rollout
     stats: TokenStats
     weights: torch.Tensor
+
+
+def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf (this rank's shard of a DTensor);
+    None when every one is finite."""
+    for name, tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
+            return name
+    return None
 
 
 class DistillModule(L.LightningModule):
@@ -314,13 +324,23 @@ class DistillModule(L.LightningModule):
                 self.manual_backward(loss_sum)
             total += loss_sum.detach()
         denominator = kept if self.hparams.denominator == "kept" else valid
+        loss = sum_over_ranks(self, total) / denominator
+        self.check_finite_loss(loss)
         scale_gradients(self.student, self.trainer.world_size / denominator)
         if self.hparams.grad_clip is not None:
             clip_grad_norm(self, optimizer, self.hparams.grad_clip)
         optimizer.step()
         self.engine.weights_updated()
         self.lr_schedulers().step()
-        return sum_over_ranks(self, total) / denominator, kept / valid
+        return loss, kept / valid
+
+    def check_finite_loss(self, loss: torch.Tensor) -> None:
+        """Stop before the optimizer step of a non-finite loss (the same on every rank): the weights or the
+        rollouts hold NaN or inf, and every later step and the export would carry them."""
+        if not torch.isfinite(loss):
+            raise ValueError(f"the training loss is {loss.item()} at step {self.trainer.global_step + 1} (the "
+                             "student's weights or rollouts hold NaN or inf, e.g. after too high a learning "
+                             "rate); the run stops before that optimizer step and the student is not exported.")
 
     def skip_empty_step(self) -> None:
         """A step that kept no token on any rank is skipped; too many in a row end the run."""
@@ -394,12 +414,21 @@ class DistillModule(L.LightningModule):
         checkpoint["tiplight"] = {"next_batch": self.next_batch}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = non_finite(checkpoint.get("state_dict", {}).items())
+        if bad is not None:
+            raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
+                             "(an earlier one, or interrupted.ckpt).")
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True, write: bool = True) -> str:
         """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``); with
-        several processes every rank calls it and the one with ``write`` saves."""
+        several processes every rank calls it and the one with ``write`` saves. Refused (on every rank)
+        while any weight holds NaN or inf."""
+        bad = non_finite(self.student.named_parameters())
+        if sum_over_ranks(self, torch.tensor(float(bad is not None), device=self.device)) > 0:
+            raise ValueError(f"the student's weight {bad or '(on another rank)'} holds NaN or inf; it is not "
+                             f"exported to {out}.")
         return str(export_student(self.student, self.tokenizer, out, merge, write))
 
     # --- generation for evaluation callbacks (MathEvalCallback's interface) ------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -127,18 +128,46 @@ def layer_classes(model: nn.Module) -> set[type[nn.Module]]:
 
 
 def fully_shard_causal_lm(model: nn.Module, mesh) -> None:
-    """FSDP2 units: each decoder layer, the decoder, and the lm_head (grouped with the decoder when
-    tied), so that the decoder and the lm_head can each be called on their own."""
+    """FSDP2 units: each decoder layer, then the decoder and the lm_head, so that the decoder and the
+    lm_head can each be called on their own. Untied, each is its own root unit. Tied, the shared weight
+    must sit in one unit and FSDP2 accepts only a single module as a root, so both join one
+    :class:`TiedRoot` (not a submodule of the model: names and checkpoints are unchanged) through which
+    every decoder and lm_head call runs."""
     from torch.distributed.fsdp import fully_shard
 
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     for layer in decoder.layers:
         fully_shard(layer, mesh=mesh)
-    if head.weight is decoder.get_input_embeddings().weight:
-        fully_shard([decoder, head], mesh=mesh)
-    else:
+    if not tied(model):
         fully_shard(decoder, mesh=mesh)
         fully_shard(head, mesh=mesh)
+        return
+    root = TiedRoot(decoder, head)
+    fully_shard(root, mesh=mesh)
+    for part in (decoder, head):
+        part.forward = partial(root, part)  # an instance attribute: nn.Module.__call__ finds it first
+
+
+class TiedRoot(nn.Module):
+    """One FSDP2 root over a tied model's decoder and lm_head: ``root(part, ...)`` gathers the shared
+    weight (and the decoder's other non-layer parameters) and runs ``part``'s own class forward."""
+
+    def __init__(self, decoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.decoder, self.head = decoder, head
+
+    def forward(self, part: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return type(part).forward(part, *args, **kwargs)
+
+
+def frozen_forward(model: nn.Module) -> AbstractContextManager:
+    """How a frozen model runs: inference mode, or ``no_grad`` when it is FSDP2-sharded, because FSDP2
+    on a single process fills its unsharded parameters under a version-counter guard that inference
+    tensors lack ("Inference tensors do not track version counter", torch 2.13)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = any(isinstance(m, FSDPModule) for m in model.modules())
+    return torch.no_grad() if sharded else torch.inference_mode()
 
 
 def fsdp1_units(model: nn.Module, layer_types: set[type[nn.Module]]) -> dict[str, nn.Module]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from tiplight.losses import Divergence
+from tiplight.parallel import frozen_forward
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
 from tiplight.stats import RawStats, RngState, TokenLoss, completion_hidden, rng_state, token_stats_and_loss
 
@@ -64,7 +65,7 @@ class ScoredPart:
 def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
     """Teacher hidden states at completion positions ``[r, C, d_t]`` (inference mode, then a plain copy
     that autograd may save)."""
-    with torch.inference_mode():
+    with frozen_forward(teacher):
         hidden = completion_hidden(teacher, mb.input_ids, mb.attention_mask, mb.prompt_length)
     return hidden.clone()
 

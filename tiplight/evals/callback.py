@@ -8,6 +8,7 @@ Problems are sharded by rank, records gathered to every rank, metrics computed i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from tiplight.console import phase_progress
 from tiplight.evals.benchmarks import load_benchmark
 from tiplight.evals.extract import extract_answer
 from tiplight.evals.grader import grade_many
@@ -35,7 +37,8 @@ class MathEvalCallback(pl.Callback):
         max_new_tokens: generation budget per completion.
         instruction: appended to each problem before the chat template; None for none.
         every_n_steps: also evaluate every N optimizer steps (0: never).
-        at_validation: evaluate at the end of each validation epoch (and in `tiplight validate`).
+        at_validation: also evaluate at the end of each validation epoch of `fit` (`tiplight validate`
+            always evaluates: that is what it is for).
         at_fit_start: evaluate before training (for "before and after" comparisons).
         at_fit_end: evaluate when fit ends.
         limit: evaluate only the first `limit` problems of each benchmark (quick runs).
@@ -104,7 +107,7 @@ class MathEvalCallback(pl.Callback):
             self.evaluate(trainer, pl_module, f"step_{step}")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_validation and not trainer.sanity_checking:
+        if (self.at_validation or trainer.state.fn == "validate") and not trainer.sanity_checking:
             self.evaluate(trainer, pl_module, "validation")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -123,7 +126,7 @@ class MathEvalCallback(pl.Callback):
         try:
             with torch.no_grad():
                 for name in self.benchmarks:
-                    records = self._gather(self._run_shard(trainer, pl_module, name))
+                    records = self._gather(self._run_shard(trainer, pl_module, name, moment))
                     results[self._label(name)] = compute_metrics(records, self.num_samples)
                     if trainer.is_global_zero:
                         self._write_records(log_dir, moment, self._label(name), records)
@@ -146,8 +149,8 @@ class MathEvalCallback(pl.Callback):
     def _label(name: str) -> str:
         return Path(name).stem if name.endswith(".jsonl") else name
 
-    def _run_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> list[dict]:
-        """Generate and grade this rank's share of the problems."""
+    def _run_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, moment: str) -> list[dict]:
+        """Generate and grade this rank's share of the problems, with a progress line per batch."""
         everything = list(enumerate(self._problems(name)))
         problems = everything[trainer.global_rank :: trainer.world_size]
         # equal shard sizes on every rank: sharded models (FSDP) need the same number and shape of
@@ -155,7 +158,7 @@ class MathEvalCallback(pl.Callback):
         longest = -(-len(everything) // trainer.world_size)
         real = len(problems)
         problems += problems[:1] * (longest - real)
-        records = []
+        records, started = [], time.perf_counter()
         for start in range(0, len(problems), self.batch_size):
             chunk = problems[start : start + self.batch_size]
             prompts = [pl_module.format_prompt(p["problem"], self.instruction) for _, p in chunk]
@@ -165,6 +168,9 @@ class MathEvalCallback(pl.Callback):
             )  # fmt: skip
             keep = max(0, min(len(chunk), real - start))
             records += self._grade_chunk(chunk[:keep], completions[:keep])
+            if trainer.is_global_zero:
+                done = min(len(everything), (start + len(chunk)) * trainer.world_size)
+                phase_progress(f"math eval ({moment}) {self._label(name)}", done, len(everything), "problems", started)
         return records
 
     def _grade_chunk(self, chunk: list[tuple[int, dict]], completions: list[list[str]]) -> list[dict]:
