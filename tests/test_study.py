@@ -194,3 +194,87 @@ def test_ctrl_c_starts_no_further_run(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         runner.run_local(runs, 1, interrupt)
     assert len(started) == 1
+
+
+def test_report_reads_the_runs_where_the_study_folder_is_now(tmp_path, monkeypatch, capsys):
+    """Once: after `mv` (or from another directory than a relative --out's), "0 done", and a good
+    results.csv overwritten with pending rows."""
+    out = fake_study(tmp_path)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    out.rename(moved)
+    with pytest.raises(SystemExit) as done:
+        cli_main(["study", "report", str(moved)])
+    assert done.value.code == 0 and "runs: 5 done, 1 failed, 0 pending" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    relative = Study.load("moved")
+    relative.out = "moved"
+    relative.save()  # as `tiplight study --out moved` saves it
+    monkeypatch.chdir(tmp_path)
+    assert "runs: 5 done" in report(moved)
+    assert [r["status"] for r in read_csv(moved / "results.csv")].count("done") == 5
+
+
+def test_a_truncated_summary_is_a_pending_run_named_in_the_report(tmp_path):
+    out = fake_study(tmp_path)
+    summary = out / "runs" / "half" / "seed0" / "summary.json"
+    summary.write_text(summary.read_text()[:40])  # cut off while written
+    text = report(out)
+    assert "runs: 4 done, 1 failed, 1 pending" in text and f"{summary} is unreadable" in text
+    assert not next(r for r in Study.load(out).runs() if r.folder == str(summary.parent)).finished
+
+
+def test_a_rerun_with_other_fit_arguments_is_refused(tmp_path, tiny, prompts_file, capsys):
+    """Once: the finished runs were reused as done and their commands rewritten to the new arguments."""
+    from tiplight.study import build, parser
+
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    args = ["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--out", str(tmp_path / "s")]
+    study = build(parser().parse_args(args), ["--trainer.max_steps=1"])
+    study.save()
+    first = Path(study.runs()[0].folder)
+    first.mkdir(parents=True)
+    (first / "summary.json").write_text("{}")
+    with pytest.raises(SystemExit) as done:
+        cli_main(["study", *args, "--dry-run", "--", "--trainer.max_steps=2"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "--trainer.max_steps=1 where this command gives --trainer.max_steps=2" in err and str(first) in err
+    assert main([*args, "--dry-run", "--", "--trainer.max_steps=1"]) == 0  # the same arguments resume
+    assert capsys.readouterr().out.startswith("# done: ")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_run_is_locked_while_it_lives_and_dies_with_its_study(tmp_path, tiny, prompts_file):
+    """Once: killing `tiplight study` orphaned its `tiplight fit`, and a rerun started a second fit there."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "tiplight.cli", "study", "--config", str(root / "base.yaml"), "--grid",
+               "selection=half", "--out", str(out), "--", "--trainer.max_steps=100000",
+               "--trainer.val_check_interval=100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    lock, deadline = out / "runs" / "half" / "seed0" / ".lock", time.monotonic() + 300
+    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = int(lock.read_text())
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and f"is in use by another run (process {child} holds" in again.stderr
+    parent.kill()
+    parent.wait()
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tiplight.study.grid import Axis, Run, Study, threads_per_run
 from tiplight.study.report import report
-from tiplight.study.runner import run_local, run_submitit
+from tiplight.study.runner import check_free, run_local, run_submitit
 
 __all__ = ["Axis", "Run", "Study", "main", "report"]
 
@@ -72,6 +72,7 @@ def run(study: Study, args: argparse.Namespace) -> int:
     """Run the pending runs of ``study``; print progress; write the report; the number of failed runs."""
     runs = study.runs()
     pending = [r for r in runs if not r.finished]
+    check_free(pending)
     print(f"tiplight study: {len(runs)} runs, {len(runs) - len(pending)} already done, "
           f"{len(pending)} to run, {study.jobs} at a time, {study.threads} thread(s) each")
     failed, lock = [], threading.Lock()
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     own, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     args = parser().parse_args(own)
     study = build(args, extra)
+    if (Path(study.out) / "study.json").is_file():
+        study.check_resumes(Study.load(study.out))
     if args.dry_run:
         for r in study.runs():
             print(("# done: " if r.finished else "") + r.command)

@@ -65,8 +65,13 @@ class Run:
         return f"OMP_NUM_THREADS={self.threads} " + shlex.join(self.argv)
 
     @property
+    def started(self) -> bool:
+        """Whether a ``tiplight fit`` ran (or runs) in the folder: its log or its summary is there."""
+        return any((Path(self.folder) / name).is_file() for name in ("fit.log", "summary.json"))
+
+    @property
     def finished(self) -> bool:
-        return (Path(self.folder) / "summary.json").is_file()
+        return read_summary(self.folder) is not None
 
 
 @dataclass
@@ -109,12 +114,37 @@ class Study:
 
     @classmethod
     def load(cls, out: str | Path) -> Study:
+        """The study saved in folder ``out``, its runs under ``out`` wherever the folder now is (moved, or
+        reached from another directory than the one ``--out`` was relative to)."""
         path = Path(out) / "study.json"
         if not path.is_file():
             raise ValueError(f"{out} is not a study folder (no study.json); run `tiplight study` first.")
         data = json.loads(path.read_text())
         data["axes"] = [Axis(a["key"], tuple(a["values"]), a["fragments"]) for a in data["axes"]]
-        return cls(**data)
+        return cls(**{**data, "out": str(out)})
+
+    def check_resumes(self, saved: Study) -> None:
+        """Refuse to resume ``saved`` (this folder's study) when a run it started would now get other
+        ``tiplight fit`` arguments: its results would be reported under the new command."""
+        before = {r.folder: r.argv for r in saved.runs() if r.started}
+        for run in self.runs():
+            old = before.get(run.folder)
+            if old is not None and old != run.argv:
+                dropped = [a for a in old if a not in run.argv] or ["(order)"]
+                added = [a for a in run.argv if a not in old] or ["(order)"]
+                raise ValueError(
+                    f"--out {self.out} holds runs made with other `tiplight fit` arguments ({run.folder} had "
+                    f"{shlex.join(dropped)} where this command gives {shlex.join(added)}); rerun with the same "
+                    "arguments to resume, or choose a new --out.")
+
+
+def read_summary(folder: str | Path) -> dict | None:
+    """A run's ``summary.json``, or None when it is missing or unreadable (a run cut off while writing it)."""
+    try:
+        data = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):  # missing, truncated, not UTF-8
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def output_args(folder: Path) -> list[str]:

@@ -5,12 +5,11 @@ setting, paired differences against the baseline over the same seeds, and two pl
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from tiplight.study.grid import Study
+from tiplight.study.grid import Study, read_summary
 from tiplight.study.stats import Interval, interval, paired
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
@@ -26,8 +25,8 @@ def collect(study: Study) -> list[dict[str, object]]:
         folder = Path(run.folder)
         row: dict[str, object] = {c: "" for c in COLUMNS}
         row.update(setting=run.setting, seed=run.seed, command=run.command, status="pending")
-        if (folder / "summary.json").is_file():
-            s = json.loads((folder / "summary.json").read_text())
+        s = read_summary(folder)
+        if s is not None:
             row.update(status="done", accuracy_before=s.get("accuracy_before"), accuracy_after=s.get("accuracy_after"),
                        steps=s.get("steps"), kept_fraction=s.get("train/kept_fraction"),
                        wall_seconds=s.get("wall_seconds"), peak_memory_mib=s.get("peak_memory_mib"),
@@ -144,6 +143,12 @@ def plot(rows: list[dict[str, str]], out: Path) -> list[Path]:
     return paths
 
 
+def unreadable(study: Study) -> list[str]:
+    """The ``summary.json`` files of ``study`` that exist but cannot be read (those runs count as pending)."""
+    return [str(Path(r.folder) / "summary.json") for r in study.runs()
+            if (Path(r.folder) / "summary.json").is_file() and not r.finished]
+
+
 def report(out: str | Path) -> str:
     """Refresh ``results.csv`` from the runs, then ``report.md`` and the plots from ``results.csv``."""
     out = Path(out)
@@ -151,7 +156,9 @@ def report(out: str | Path) -> str:
     write_csv(collect(study), out / "results.csv")
     rows = read_csv(out / "results.csv")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
-    text = (f"runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending\n\n"
+    broken = "".join(f"{path} is unreadable (cut off while written?): that run is pending and runs again "
+                     "with the next `tiplight study`\n" for path in unreadable(study))
+    text = (f"runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending\n{broken}\n"
             + markdown(rows, study.baseline) + "\nTIP quadrant shares (%), mean over steps and seeds\n\n"
             + quadrant_table(rows))
     (out / "report.md").write_text(text)
