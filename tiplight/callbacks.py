@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from tiplight.files import write_text
+
 # per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares)
 _MEAN_PREFIXES = ("train/kept_fraction", "quadrant/")
 
@@ -89,7 +91,7 @@ class RunSummary(L.Callback):
     @rank_zero_only
     def _report(self, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        (log_dir / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+        write_text(log_dir / "summary.json", json.dumps(self.summary, indent=2) + "\n")  # never half a summary
         s = self.summary
         if s["accuracy_before"] is not None and s["accuracy_after"] is not None:
             print(f"\ntiplight: {s['benchmark']} accuracy {s['accuracy_before']:.1%} before -> "

@@ -5,6 +5,7 @@ traceback); SIGTERM saves a resumable checkpoint and exits with 143; Ctrl-C says
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pickle
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tiplight.callbacks import Interruption
 from tiplight.console import progress_bar, quiet
 from tiplight.data import PromptDataModule
+from tiplight.files import AtomicCheckpointIO
 from tiplight.module import DistillModule
 from tiplight.resume import check_resume
 
@@ -74,11 +76,20 @@ class TiplightCLI(LightningCLI):
                              f"({found.group(0) if found else 'unpicklable content'}); tiplight loads "
                              "checkpoints with weights_only=True and does not run a file's pickled code.") from None
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+            raise ValueError(f"seed_everything={seed} is not allowed; use an integer from 0 to {2**32 - 1} "
+                             "(or true for a random seed).")
+        super()._set_seed()
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         configured = config.get("callbacks") or []
         given = [*(configured if isinstance(configured, list) else [configured]), *callbacks]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in given):
             callbacks = [*callbacks, progress_bar()]
+        if not config.get("plugins"):  # checkpoints under their final name only once complete
+            config = {**config, "plugins": [AtomicCheckpointIO()]}
         try:
             return super()._instantiate_trainer(config, [*callbacks, Interruption()])
         except MisconfigurationException as error:
@@ -92,8 +103,13 @@ class TiplightCLI(LightningCLI):
 def check_checkpoint(path: str) -> None:
     """A clear error for a ``ckpt_path`` that is missing, empty or not a PyTorch checkpoint (truncated)."""
     p = Path(path)
-    if path in ("last", "best", "hpc") or path.startswith("registry") or p.is_dir():  # Lightning's names; sharded
+    if path in ("last", "best", "hpc") or path.startswith("registry"):  # Lightning's names
         return
+    if p.is_dir():
+        if (p / ".metadata").is_file() or (p / "meta.pt").is_file():  # a sharded (distributed) checkpoint
+            return
+        raise ValueError(f"ckpt_path={path!r} is a folder, not a checkpoint; give a .ckpt file written by "
+                         "`tiplight fit` (or a sharded checkpoint's folder, which holds .metadata).")
     if not p.is_file():
         raise ValueError(f"ckpt_path={path!r} does not exist; give a .ckpt file written by `tiplight fit`.")
     if p.stat().st_size == 0 or not zipfile.is_zipfile(p):
@@ -111,15 +127,19 @@ def condense(message: str) -> str:
     lines = [re.sub(r"^\s*-\s+", "", line).strip() for line in message.splitlines()]  # bullets off
     key = re.match(r'Parser key "([^"]+)":\s*(.*)', lines[0]) if lines else None
     specific = [line for line in ([key.group(2)] if key else [lines[0]]) + lines[1:]
-                if line and not _NOISE_LINES.match(line)]
+                if line and not _NOISE_LINES.match(line) and not line.startswith('Parser key "')]
     text = "; ".join(dict.fromkeys(specific)) or message.strip()
     if key is None:
         return text
-    name = key.group(1)
+    name = _field(message)
     choice = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", message)
     if choice:
         allowed = ", ".join(v.strip(" '\"") for v in choice.group(1).split(","))
         return f"{name}={choice.group(2).strip()!r} is not allowed; use one of {allowed}."
+    kinds = [_KINDS.get(t, f"a {t}") for t in re.findall(r"Expected a <class '(\w+)'>", message) if t != "NoneType"]
+    got = re.search(r"Got value: (.*)", message) or re.search(r"^\s*Given value: (?!NestedArg)(.*)$", message, re.M)
+    if kinds and got:
+        return f"{name}={got.group(1).strip()!r} is not allowed; use {' or '.join(dict.fromkeys(kinds))}."
     hint = ""
     if name.endswith("selector"):
         from tiplight.selection import list_selectors
@@ -131,12 +151,54 @@ def condense(message: str) -> str:
     return f"{name}: {text}{hint}."
 
 
+_KINDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _field(message: str) -> str:
+    """The option a jsonargparse error is about, nested keys of a class_path joined through ``init_args``
+    (``data`` + ``overlong`` -> ``data.init_args.overlong``)."""
+    name, nested = "", False
+    for line in message.splitlines():
+        key = re.search(r'Parser key "([^"]+)":', line)
+        if key:
+            name += (".init_args." if nested else ".") + key.group(1) if name else key.group(1)
+            nested = False
+        elif "Problem with given class_path" in line:
+            nested = True
+    return name
+
+
 def _init_args(class_path: str) -> list[str]:
     import inspect
 
     module, _, name = class_path.rpartition(".")
     params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
     return [p for p in params if p not in ("self", "args", "kwargs")]
+
+
+def load_plugins(names: str) -> None:
+    """Import the comma-separated modules of ``TIPLIGHT_PLUGINS``; one sentence for one that fails."""
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ValueError(f"TIPLIGHT_PLUGINS={names!r}: module {name!r} cannot be imported ({error}); give "
+                             "importable module names separated by commas.") from error
+        except Exception as error:  # the plugin's own code failed while importing
+            raise ValueError(f"TIPLIGHT_PLUGINS={names!r}: importing module {name!r} raised "
+                             f"{type(error).__name__}: {error}.") from error
+
+
+def describe_os_error(error: OSError) -> str:
+    """One sentence for a file-system error: a full disk, an unwritable folder, or what the system said."""
+    where = f" {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device to write{where}; free some space (or set trainer.default_root_dir "
+                "elsewhere) and resume from the last checkpoint with --ckpt_path.")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR):
+        return (f"cannot write{where} ({error.strerror}); choose a writable output folder "
+                "(trainer.default_root_dir, the logger's save_dir).")
+    return f"{error.filename}: {error.strerror}." if error.filename and error.strerror else f"{error}."
 
 
 def _subcommand(argv: list[str]) -> int | None:
@@ -161,19 +223,19 @@ def main(argv: list[str] | None = None) -> None:
     plugin modules first (so YAML can name their classes briefly)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet()
-    for name in filter(None, os.environ.get("TIPLIGHT_PLUGINS", "").split(",")):
-        importlib.import_module(name.strip())
     if not argv or argv[0] in ("-h", "--help"):
         print(COMMANDS + "\n\nLightningCLI's subcommands:")
     try:
+        load_plugins(os.environ.get("TIPLIGHT_PLUGINS", ""))
         code = _subcommand(argv)
         if code is not None:
             raise SystemExit(code)
         TiplightCLI(args=argv)
-    except (ValueError, ArgumentError, MisconfigurationException) as error:
+    except (ValueError, ArgumentError, MisconfigurationException, OSError) as error:  # OSError: a full disk...
         if os.environ.get("TIPLIGHT_TRACEBACK"):
             raise
-        print(f"tiplight: error: {condense(str(error))}", file=sys.stderr)
+        text = describe_os_error(error) if isinstance(error, OSError) else condense(str(error))
+        print(f"tiplight: error: {text}", file=sys.stderr)
         raise SystemExit(2) from None
     except SIGTERMException:
         raise SystemExit(143) from None  # 128 + SIGTERM, as schedulers expect of a terminated job

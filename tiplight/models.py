@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from tiplight.files import write_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -117,10 +120,14 @@ def load_model(source: ModelSource, field_name: str, device: torch.device | str 
             kwargs["device_map"] = {"": str(device)}
     try:
         return AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
-    except (OSError, ValueError) as error:
-        if Path(source.path).is_dir() and (Path(source.path) / "config.json").exists():
+    except (OSError, ValueError, SafetensorError) as error:
+        if not (Path(source.path) / "config.json").is_file():
+            raise _not_found(field_name, source.path, error) from error
+        if isinstance(error, ValueError):
             raise
-        raise _not_found(field_name, source.path, error) from error
+        raise ValueError(f"{field_name}={source.path!r} has a config.json but no weights that load ("
+                         f"{type(error).__name__}: {str(error).splitlines()[0]}); give a directory with the "
+                         "model.safetensors (or pytorch_model.bin) files that save_pretrained writes, complete.") from error
 
 
 def check_quantizable(source: ModelSource, field_name: str, device: torch.device | str | None = None) -> None:
@@ -320,7 +327,8 @@ def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
 
 def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True,
                    write: bool = True) -> Path:
-    """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone.
+    """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone. The folder
+    appears complete or not at all (written under a temporary name, then renamed).
 
     Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless). With
     several processes every rank calls it and only the one with ``write`` saves; an FSDP2-sharded student is
@@ -330,12 +338,14 @@ def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: st
         return _export_sharded(model, tokenizer, out, merge, write)
     if not write:
         return out
-    out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and merge:
         model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write_dir(out, fill)
 
 
 def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, merge: bool,
@@ -355,12 +365,15 @@ def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: P
         if host.data_ptr() not in stored:  # a tied weight once (safetensors refuses shared memory), under
             stored.add(host.data_ptr())  # its first name; from_pretrained ties it again
             state[name] = host
-    if write:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, out / "model.safetensors", metadata={"format": "pt"})
-        base.config.save_pretrained(out)
+    if not write:
+        return out
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def fill(folder: Path) -> None:
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        base.config.save_pretrained(folder)
         if getattr(base, "generation_config", None) is not None:
-            base.generation_config.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    return out
+            base.generation_config.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return write_dir(out, fill)

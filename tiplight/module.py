@@ -30,6 +30,7 @@ from tiplight.models import (
     vocab_size,
 )
 from tiplight.objective import selected_loss_sum
+from tiplight.optimizers import build_optimizer, check_resumed_optimizer, optimizer_name
 from tiplight.parallel import (
     all_gather_rows,
     clip_grad_norm,
@@ -43,6 +44,7 @@ from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_t
 from tiplight.schedule import lr_factor
 from tiplight.seeding import derived_seed, resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
+from tiplight.selection.base import selector_weights
 from tiplight.sources import resolve
 from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
 
@@ -169,6 +171,7 @@ class DistillModule(L.LightningModule):
         self.last_step: StepRecord | None = None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
+        self.resumed_optimizer: str | None = None  # the optimizer class of the checkpoint resumed from
 
     # --- models --------------------------------------------------------------------------------------
     @property
@@ -217,6 +220,7 @@ class DistillModule(L.LightningModule):
         parallelize(self, student, self.teacher)
 
     def on_fit_start(self) -> None:
+        check_resumed_optimizer(self.resumed_optimizer, self.trainer.optimizers)
         if self.teacher is None:
             raise ValueError("model.teacher is not set; `fit` distils from a teacher: give its hub id or directory.")
         if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
@@ -224,7 +228,7 @@ class DistillModule(L.LightningModule):
                              "model.lr_schedule: constant).")
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory([p for p in self.student.parameters() if p.requires_grad])
+        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
         hp = self.hparams
         factor = partial(lr_factor, schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
                          total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=hp.min_lr_ratio)
@@ -301,8 +305,7 @@ class DistillModule(L.LightningModule):
 
     def _select(self, raw: RawStats, valid: torch.Tensor, generator: torch.Generator):
         stats = TokenStats.from_raw(raw.entropy, raw.rkl, raw.fkl, valid)
-        keep = self.selector.select(stats, generator=generator)  # bool mask or float weights
-        return stats, keep.float() * valid
+        return stats, selector_weights(self.selector, stats, generator)
 
     def update(self, parts: list[ScoredPart], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss at kept positions, backward per micro-batch, one optimizer step.
@@ -411,7 +414,8 @@ class DistillModule(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["tiplight"] = {"next_batch": self.next_batch}
+        checkpoint["tiplight"] = {"next_batch": self.next_batch,
+                                  "optimizer": optimizer_name(self.trainer.optimizers)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bad = non_finite(checkpoint.get("state_dict", {}).items())
@@ -419,6 +423,7 @@ class DistillModule(L.LightningModule):
             raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
                              "(an earlier one, or interrupted.ckpt).")
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
+        self.resumed_optimizer = checkpoint.get("tiplight", {}).get("optimizer")
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True, write: bool = True) -> str:

@@ -28,8 +28,13 @@ def resolve(path: str) -> str:
 
 def read_lines(path: Path) -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for each non-blank line of ``path`` (numbers start at 1)."""
-    with path.open(encoding="utf-8") as f:
-        for line_no, text in enumerate(f, 1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{line_no} is not UTF-8 text (byte {raw[error.start]:#04x}, the line's "
+                                 f"byte {error.start + 1}); save the file as UTF-8.") from None
             if not text.strip():
                 continue
             try:
@@ -55,6 +60,10 @@ def read_jsonl(path: str | Path, fields: tuple[str, ...] = (), option: str | Non
         if missing:
             raise ValueError(f"{path}:{line_no} has no field {', '.join(map(repr, missing))}{_by(option)}; "
                              f"its fields are {keys}.")
+        null = [f for f in fields if row[f] is None]
+        if null:  # str(None) would be trained on, or graded against, as the text "None"
+            raise ValueError(f"{path}:{line_no} has null {', '.join(map(repr, null))}{_by(option)}; give text, "
+                             "or leave the row out.")
         rows.append(row)
     return rows
 

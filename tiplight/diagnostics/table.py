@@ -27,6 +27,7 @@ from torch import Tensor
 
 from tiplight.rollout import pad_right
 from tiplight.selection import Selector, TokenStats, quadrants
+from tiplight.selection.base import selector_weights
 from tiplight.sources import read_lines
 
 COLUMNS = ("rollout", "position", "token", "token_id", "entropy", "rkl", "fkl", "entropy_hat", "rkl_hat",
@@ -69,8 +70,7 @@ class Scored:
     def select(self, selector: Selector, seed: int = 0) -> Tensor:
         """The selector's weights ``[R, C]`` float on these statistics: 0 = not kept (1 = kept for masks)."""
         generator = torch.Generator(device=self.stats.valid.device).manual_seed(seed)
-        keep = selector.select(self.stats, generator=generator)  # bool mask or float weights
-        return keep.float() * self.stats.valid
+        return selector_weights(selector, self.stats, generator)
 
     def quadrants(self, entropy_threshold: float | None = None, divergence_threshold: float | None = None) -> Tensor:
         """Quadrant id per token ``[R, C]`` long: 0 invalid, 1..4 = Q1..Q4 (default thresholds: medians)."""

@@ -51,3 +51,22 @@ def check_budget(budget: str) -> str:
     if budget not in BUDGETS:
         raise ValueError(f"budget={budget!r} is invalid; allowed values: {', '.join(map(repr, BUDGETS))}.")
     return budget
+
+
+
+
+def selector_weights(selector: Selector, stats: TokenStats, generator: torch.Generator | None = None) -> Tensor:
+    """``[R, C]`` float weights of ``selector`` on ``stats`` (0 = not kept, 1 = kept for masks), zero at
+    invalid positions. A selector that raises, or returns anything but a tensor shaped like ``stats.valid``,
+    is one sentence naming it (not a shape error deep inside the loss)."""
+    name = type(selector).__name__
+    try:
+        keep = selector.select(stats, generator=generator)  # bool mask or float weights
+    except Exception as error:  # a plug-in selector's own bug
+        raise ValueError(f"model.selector {name} raised {type(error).__name__}: {error}.") from error
+    shape = tuple(stats.valid.shape)
+    if not isinstance(keep, Tensor) or tuple(keep.shape) != shape:
+        got = f"shape {tuple(keep.shape)}" if isinstance(keep, Tensor) else type(keep).__name__
+        raise ValueError(f"model.selector {name} returned {got} for statistics of shape {shape}; a selector "
+                         "returns a bool mask or float weights shaped like stats.valid [R, C].")
+    return keep.float() * stats.valid
