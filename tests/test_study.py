@@ -278,3 +278,16 @@ def test_a_run_is_locked_while_it_lives_and_dies_with_its_study(tmp_path, tiny, 
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(child)
+
+
+def test_a_failed_run_may_be_retried_with_other_arguments(tmp_path, tiny, prompts_file, capsys):
+    from tiplight.study import build, parser
+
+    root = grid_dir(tmp_path, tiny, prompts_file)
+    args = ["--config", str(root / "base.yaml"), "--grid", "selection=all", "--out", str(tmp_path / "s")]
+    study = build(parser().parse_args(args), ["--model.chunk_size=0"])
+    study.save()
+    Path(study.runs()[0].folder).mkdir(parents=True)
+    (Path(study.runs()[0].folder) / "failed.json").write_text("{}")
+    assert main([*args, "--dry-run", "--", "--model.chunk_size=8"]) == 0
+    assert "--model.chunk_size=8" in capsys.readouterr().out

@@ -65,11 +65,6 @@ class Run:
         return f"OMP_NUM_THREADS={self.threads} " + shlex.join(self.argv)
 
     @property
-    def started(self) -> bool:
-        """Whether a ``tiplight fit`` ran (or runs) in the folder: its log or its summary is there."""
-        return any((Path(self.folder) / name).is_file() for name in ("fit.log", "summary.json"))
-
-    @property
     def finished(self) -> bool:
         return read_summary(self.folder) is not None
 
@@ -124,9 +119,10 @@ class Study:
         return cls(**{**data, "out": str(out)})
 
     def check_resumes(self, saved: Study) -> None:
-        """Refuse to resume ``saved`` (this folder's study) when a run it started would now get other
-        ``tiplight fit`` arguments: its results would be reported under the new command."""
-        before = {r.folder: r.argv for r in saved.runs() if r.started}
+        """Refuse to resume ``saved`` (this folder's study) when a run it finished would now get other
+        ``tiplight fit`` arguments: its results would be reported under the new command. (Failed and
+        pending runs simply run again with the new command.)"""
+        before = {r.folder: r.argv for r in saved.runs() if r.finished}
         for run in self.runs():
             old = before.get(run.folder)
             if old is not None and old != run.argv:
