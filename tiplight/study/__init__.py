@@ -28,8 +28,9 @@ EPILOG = """the grid:
 
 runs and resuming:
   Each run is its own `tiplight fit` process writing to OUT/runs/<setting>/seed<S>/ (logs, evals,
-  summary.json). Runs with summary.json are skipped, so the same command resumes a study; a failed run
-  leaves failed.json and does not stop the others. --jobs N runs N at a time with the cores split between
+  summary.json). Runs with summary.json are skipped, so the same command resumes a study (other fit
+  arguments for a finished run are refused); a failed run leaves failed.json and does not stop the others.
+  A run's folder is locked while its fit lives, and the fit stops (SIGTERM) when the study is killed. --jobs N runs N at a time with the cores split between
   them (OMP_NUM_THREADS), or N array tasks at once with --executor submitit (SLURM, or cluster=local).
 
 the report (`tiplight study report OUT`, also written at the end of a study):
