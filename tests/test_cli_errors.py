@@ -181,3 +181,19 @@ def test_a_prompt_file_that_is_not_utf8_or_has_a_null_prompt(tiny, prompts_file,
     err = one_sentence(*run_main(fit(tmp_path, tiny, prompts_file, "--data.train_files", f"[{data}]",
                                      "--data.val_size", "0"), capsys)[::2])
     assert f"{data}{message}" in err
+
+
+def test_a_full_disk_leaves_no_truncated_summary(tiny, prompts_file, tmp_path, capsys, monkeypatch):
+    """A half-written summary.json once counted as a finished run in `tiplight study`."""
+    write = Path.write_text
+
+    def half(self, text, *args, **kwargs):
+        if "summary.json" not in self.name:
+            return write(self, text, *args, **kwargs)
+        write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", half)
+    err = one_sentence(*run_main(fit(tmp_path, tiny, prompts_file), capsys)[::2])
+    assert "no space left on the device to write" in err
+    assert not list((tmp_path / "runs").rglob("*summary.json*"))
