@@ -1,0 +1,94 @@
+"""The `Objective` interface, the per-token context a loss may read, and the one registry of objectives."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Literal, TypeVar
+
+from torch import Tensor
+
+from tiplight.losses import ClosedForm
+from tiplight.registry import Registry
+
+Denominator = Literal["kept", "valid"]
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """What a loss may read at each position besides the two distributions; ``[R, C]`` for a micro-batch,
+    ``[K]`` after ``at(mask)`` or ``rows(...)`` (in ``hidden[mask]`` order).
+
+    ``token``: the sampled token each position predicts. ``sampler_logprob``: the log-probability the
+    rollout engine drew it with, when the rollout carries one (else None: the student's own, ratio 1).
+    ``sequence_log_ratio``: the mean over the rollout's valid tokens of ``log P_S - sampler_logprob``
+    (no grad; None without sampler log-probabilities)."""
+
+    token: Tensor
+    sampler_logprob: Tensor | None = None
+    sequence_log_ratio: Tensor | None = None
+
+    def at(self, index: Tensor | slice) -> TokenContext:
+        """The positions ``index`` selects (a bool mask ``[R, C]``, or a slice of ``[K]`` rows)."""
+        return TokenContext(*(None if (x := getattr(self, f.name)) is None else x[index] for f in fields(self)))
+
+
+class Objective(ABC):
+    """What the student minimises at the positions a selector keeps, and over what it averages.
+
+    Subclasses take plain typed constructor arguments (LightningCLI builds them from YAML by
+    ``class_path``) and hold no state beyond them. ``loss`` is the one required method and must be
+    differentiable with respect to the student's logits: the autograd path serves any objective.
+    ``closed_form`` is optional: a full-vocabulary divergence that has one gets the fast paths (the
+    statistics pass's gradient for a frozen head; one pass without autograd for a plain head that trains).
+
+    ``denominator``: the step's loss is the weighted sum over kept positions divided by the ``kept``
+    tokens of the whole step across ranks (TIP's mean) or by its ``valid`` tokens (with importance-
+    weighted selection, an unbiased all-token estimate).
+    """
+
+    denominator: Denominator
+
+    def __init__(self, denominator: Denominator = "kept") -> None:
+        if denominator not in ("kept", "valid"):
+            raise ValueError(f"denominator={denominator!r} is not allowed; use one of kept, valid.")
+        self.denominator = denominator
+
+    @abstractmethod
+    def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None) -> Tensor:
+        """Per-position loss ``[N, V], [N, V] -> [N]`` (nats, float32) at positions described by ``context``."""
+
+    def closed_form(self) -> ClosedForm | None:
+        """The gradient with respect to the student's logits in ``losses.divergences_and_grad``'s form, or
+        None (autograd). Only a loss that reads the two distributions alone, not ``context``, may give one."""
+        return None
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry(Objective, "objective")
+ObjectiveClass = TypeVar("ObjectiveClass", bound=type[Objective])
+
+
+def register_objective(cls: ObjectiveClass) -> ObjectiveClass:
+    """Class decorator: make ``cls`` buildable by its class name through ``get_objective``."""
+    return OBJECTIVES.register(cls)
+
+
+def get_objective(name: str, **kwargs: object) -> Objective:
+    """Build the registered objective ``name``, e.g. ``get_objective("JSD", beta=0.3)``."""
+    return OBJECTIVES.build(name, **kwargs)
+
+
+def list_objectives() -> list[str]:
+    """Names of all registered objectives, sorted."""
+    return OBJECTIVES.names()
+
+
+def needs(context: TokenContext | None, objective: Objective) -> TokenContext:
+    """``context``, or a clear error for an objective that reads the sampled tokens and was given none."""
+    if context is None:
+        raise ValueError(f"{type(objective).__name__} reads the sampled tokens; pass the rollout's TokenContext.")
+    return context
