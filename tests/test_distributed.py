@@ -11,10 +11,10 @@ import pytest
 SCRIPT = Path(__file__).with_name("distributed_run.py")
 
 
-def run(strategy: str, devices: int, tiny, prompts_file, tmp_path) -> dict:
+def run(strategy: str, devices: int, tiny, prompts_file, tmp_path, objective: str = "ReverseKL") -> dict:
     out = tmp_path / f"{strategy}.json"
     cmd = [sys.executable, str(SCRIPT), strategy, str(devices), tiny["teacher"], tiny["student"], prompts_file,
-           str(out)]
+           str(out), objective]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=SCRIPT.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -40,6 +40,14 @@ def test_two_processes_match_one(strategy, single, tiny, prompts_file, tmp_path)
 def test_two_processes_match_one_with_lora(single_lora, tiny, prompts_file, tmp_path):
     """A LoRA student's frozen head: the loss's gradient comes from the statistics pass on each rank."""
     assert_same(single_lora, run("ddp+lora", 2, tiny, prompts_file, tmp_path))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("objective", ["TopKDivergence", "SampledTokenPG"])
+def test_two_processes_match_one_for_autograd_objectives(objective, tiny, prompts_file, tmp_path):
+    """Objectives without a closed form (the autograd path, reading the sampled tokens) under DDP."""
+    one = run("single", 1, tiny, prompts_file, tmp_path, objective)
+    assert_same(one, run("ddp", 2, tiny, prompts_file, tmp_path, objective))
 
 
 def assert_same(single: dict, multi: dict) -> None:

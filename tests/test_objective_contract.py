@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engines import SamplerLogprobs
 from helpers import make_data, make_module, make_trainer
 from torch import nn
 
@@ -24,7 +25,7 @@ from tiplight.objectives import (
     register_objective,
 )
 from tiplight.passes import token_context
-from tiplight.rollout import HFGenerate, Rollout
+from tiplight.rollout import Rollout
 from tiplight.selection import SoftOrTopK
 from tiplight.stats import token_stats_and_loss
 
@@ -245,25 +246,6 @@ def test_sequence_log_ratio_is_the_rollouts_mean_over_valid_tokens(setup):
 
 
 # --- whole steps: micro-batches, denominators, sampler log-probs ----------------------------------------
-class SamplerLogprobs(HFGenerate):
-    """HF generate that also returns sampler log-probabilities: the student's own, shifted by ``offset``
-    (a sampler that drifted from the trainer by a known amount)."""
-
-    def __init__(self, offset: float) -> None:
-        self.offset = offset
-
-    def _generate(self, model, request):
-        rollout = super()._generate(model, request)
-        with torch.no_grad():
-            logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                           position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
-        span = slice(rollout.prompt_length - 1, rollout.input_ids.shape[1] - 1)
-        lp = logits[:, span, : request.vocab_size].log_softmax(-1)
-        lp = lp.gather(-1, rollout.completion_ids[..., None].clamp(max=request.vocab_size - 1))[..., 0]
-        rollout.sampler_logprobs = (lp + self.offset) * rollout.completion_mask
-        return rollout
-
-
 def naive_step_grads(module) -> list[torch.Tensor]:
     """The step's gradient from full logits of both models over the whole rollout (the direct formula)."""
     record, objective = module.last_step, module.objective
