@@ -162,7 +162,7 @@ def test_registry_is_strict():
 
     with pytest.raises(ValueError, match="objective named 'ReverseKL' is already registered"):
         register_objective(ReverseKL)
-    with pytest.raises(TypeError, match="expects a Objective subclass"):
+    with pytest.raises(TypeError, match="expects an Objective subclass"):
         register_objective(int)
 
 

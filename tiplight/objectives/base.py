@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
-from typing import Literal, TypeVar
+from typing import Literal
 
 from torch import Tensor
 
@@ -68,23 +68,11 @@ class Objective(ABC):
         return f"{type(self).__name__}({args})"
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry(Objective, "objective")
-ObjectiveClass = TypeVar("ObjectiveClass", bound=type[Objective])
-
-
-def register_objective(cls: ObjectiveClass) -> ObjectiveClass:
-    """Class decorator: make ``cls`` buildable by its class name through ``get_objective``."""
-    return OBJECTIVES.register(cls)
-
-
-def get_objective(name: str, **kwargs: object) -> Objective:
-    """Build the registered objective ``name``, e.g. ``get_objective("JSD", beta=0.3)``."""
-    return OBJECTIVES.build(name, **kwargs)
-
-
-def list_objectives() -> list[str]:
-    """Names of all registered objectives, sorted."""
-    return OBJECTIVES.names()
+# the contract's names: register_objective (a class decorator), get_objective(name, **kwargs), list_objectives()
+_REGISTRY: Registry[type[Objective]] = Registry(Objective, "objective")
+register_objective = _REGISTRY.register
+get_objective = _REGISTRY.build
+list_objectives = _REGISTRY.names
 
 
 def needs(context: TokenContext | None, objective: Objective) -> TokenContext:
