@@ -36,7 +36,7 @@ def naive_grads(module, divergence, denominator: str) -> list[torch.Tensor]:
 class CustomReverseKL(ReverseKL):
     """Reverse KL without a closed form (a plugin's divergence): the autograd path serves it."""
 
-    def closed_form(self):
+    def closed_form(self, context=None):
         return None
 
 

@@ -176,12 +176,10 @@ def _log_rest(logp: torch.Tensor) -> torch.Tensor:
     return rest.clamp(min=torch.finfo(torch.float32).tiny).log()
 
 
-def kl_estimate(student_logprob: torch.Tensor, teacher_logprob: torch.Tensor,
-                estimator: Literal["k1", "k3"]) -> torch.Tensor:
-    """Schulman's single-sample estimates of KL(S||T) at a token sampled from S, ``[N] -> [N]``:
-    k1 = log P_S - log P_T (unbiased), k3 = r - 1 - log r with r = P_T / P_S (unbiased, >= 0, lower
+def kl_estimate(log_r: torch.Tensor, estimator: Literal["k1", "k3"]) -> torch.Tensor:
+    """Schulman's single-sample estimates of KL(S||T) at a token sampled from S, from ``log_r = log P_T -
+    log P_S`` there, ``[N] -> [N]``: k1 = -log r (unbiased), k3 = r - 1 - log r (unbiased, >= 0, lower
     variance), clamped at 10 as verl does (r overflows where the student rules out the teacher's token)."""
-    log_r = teacher_logprob - student_logprob
     if estimator == "k1":
         return -log_r
     return (torch.expm1(log_r) - log_r).clamp(max=10.0)
@@ -195,3 +193,31 @@ def clipped_policy_loss(log_ratio: torch.Tensor, advantage: torch.Tensor, clip: 
     if clip is None:
         return loss
     return torch.maximum(loss, -ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
+
+
+def clipped_policy_grad(log_ratio: torch.Tensor, advantage: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """``d clipped_policy_loss / d log_ratio`` ``[N]``: ``-r A`` where the unclipped term is the larger or
+    the ratio lies inside the clip range, 0 elsewhere (where the clipped constant wins)."""
+    ratio = log_ratio.exp()
+    grad = -ratio * advantage
+    if clip is None:
+        return grad
+    inside = (ratio >= 1.0 - clip) & (ratio <= 1.0 + clip)
+    return grad * (inside | (grad > -ratio.clamp(1.0 - clip, 1.0 + clip) * advantage))
+
+
+def policy_grad(p, q, diff, scratch, rkl, fkl, *, token: torch.Tensor, estimator: Literal["k1", "k3"],
+                clip: float | None, log_ratio: torch.Tensor | None = None,
+                sampler_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled-token policy loss ``[N]`` and its gradient ``g (onehot(token) - P_S)`` ``[N, V]`` with
+    ``g = d loss / d log P_S(token)``, in ``divergences_and_grad``'s closed-form signature. The log ratio
+    is ``log P_S(token) - sampler_logprob`` when given, else the constant ``log_ratio`` (0 when None)."""
+    index = token[:, None].long()
+    advantage = -kl_estimate(-diff.gather(-1, index)[:, 0], estimator)  # [N]
+    if sampler_logprob is not None:
+        log_ratio = p.gather(-1, index)[:, 0].log() - sampler_logprob
+    elif log_ratio is None:
+        log_ratio = torch.zeros_like(advantage)
+    g = clipped_policy_grad(log_ratio, advantage, clip)  # [N]
+    grad = torch.mul(p, -g[:, None], out=scratch).scatter_add_(-1, index, g[:, None])
+    return clipped_policy_loss(log_ratio, advantage, clip), grad

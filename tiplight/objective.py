@@ -7,10 +7,10 @@ It takes the cheapest of three paths:
 1. precomputed (``token_loss`` with gradients, from ``stats.token_stats_and_loss``: an objective with a
    closed form, frozen student head): no pass over the vocabulary at all; backward injects the kept rows
    of the statistics pass's ``d loss / d hidden``, times the weights.
-2. closed form (``Objective.closed_form``, plain ``nn.Linear`` student head that trains, or no
-   precomputed gradient): one pass over the kept tokens, ``chunk_size`` at a time, without autograd: both
-   heads' logits once, the closed-form gradient w.r.t. the logits, then ``d loss / d hidden`` and the
-   head's weight gradient by two matmuls; backward injects them.
+2. closed form (``Objective.closed_form`` given the kept rows' ``TokenContext``, plain ``nn.Linear``
+   student head that trains, or no precomputed gradient): one pass over the kept tokens, ``chunk_size``
+   at a time, without autograd: both heads' logits once, the closed-form gradient w.r.t. the logits, then
+   ``d loss / d hidden`` and the head's weight gradient by two matmuls; backward injects them.
 3. autograd (an objective without a closed form, or a head that is no plain ``nn.Linear``: LoRA-wrapped,
    FSDP-sharded): ``Objective.loss`` with the student head with grad per chunk, recomputed in backward
    (activation checkpointing), so one chunk's logits are the peak.
@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tiplight.heads import LinearHead, Workspace, chunk_logits, head_logits
-from tiplight.losses import ClosedForm, divergences_and_grad
+from tiplight.losses import divergences_and_grad
 from tiplight.objectives import Objective, TokenContext
 from tiplight.stats import TokenLoss
 
@@ -75,7 +75,8 @@ def _closed_form_grads(
     weights: torch.Tensor,
     head: LinearHead,
     teacher_head: nn.Module,
-    form: ClosedForm,
+    objective: Objective,
+    context: TokenContext | None,
     vocab_size: int,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[nn.Parameter, torch.Tensor]]]:
@@ -91,6 +92,7 @@ def _closed_form_grads(
         h, w = hidden[rows], weights[rows]  # [n, d], [n]
         s_logits = chunk_logits(head.module, head, h, vocab_size, workspace, "student")  # [n, V]
         t_logits = chunk_logits(teacher_head, t_linear, teacher_hidden[rows], vocab_size, workspace, "teacher")
+        form = objective.closed_form(None if context is None else context.at(rows))
         *_, loss, g = divergences_and_grad(s_logits, t_logits, form, consume=True, workspace=workspace)
         value += (w * loss).sum()
         g = g.mul_(w[:, None]).to(head.weight.dtype)  # d (sum w D) / d logits, in the matmul dtype
@@ -132,11 +134,11 @@ def selected_loss_sum(
         value = (weights * token_loss.loss).sum()
         grad = (token_loss.grad_hidden * weights[:, None].to(token_loss.grad_hidden.dtype)).to(hidden.dtype)
         return _Precomputed.apply(value, (grad,), hidden)
-    form = objective.closed_form()
+    form = objective.closed_form(context)
     head = LinearHead.of(student_head, vocab_size) if needs_grad and form is not None else None
     if head is not None:  # path 2
         value, grad_hidden, params = _closed_form_grads(hidden.detach(), teacher_hidden, weights, head,
-                                                        teacher_head, form, vocab_size, chunk_size)
+                                                        teacher_head, objective, context, vocab_size, chunk_size)
         if hidden.requires_grad:
             params.append((hidden, grad_hidden))
         return _Precomputed.apply(value, tuple(g for _, g in params), *(x for x, _ in params))

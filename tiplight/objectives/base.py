@@ -58,9 +58,10 @@ class Objective(ABC):
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None) -> Tensor:
         """Per-position loss ``[N, V], [N, V] -> [N]`` (nats, float32) at positions described by ``context``."""
 
-    def closed_form(self) -> ClosedForm | None:
-        """The gradient with respect to the student's logits in ``losses.divergences_and_grad``'s form, or
-        None (autograd). Only a loss that reads the two distributions alone, not ``context``, may give one."""
+    def closed_form(self, context: TokenContext | None = None) -> ClosedForm | None:
+        """The loss and its gradient with respect to the student's logits in ``losses.divergences_and_grad``'s
+        form for rows described by ``context``, or None (autograd). The statistics pass asks without a
+        context: an objective whose loss reads one answers None there and is served in the update."""
         return None
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ class ReverseKL(Objective):
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None = None) -> Tensor:
         return losses.reverse_kl(student_logits, teacher_logits)
 
-    def closed_form(self) -> ClosedForm:
+    def closed_form(self, context: TokenContext | None = None) -> ClosedForm:
         return losses.reverse_kl_grad
 
 
@@ -35,7 +35,7 @@ class ForwardKL(Objective):
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None = None) -> Tensor:
         return losses.forward_kl(student_logits, teacher_logits)
 
-    def closed_form(self) -> ClosedForm:
+    def closed_form(self, context: TokenContext | None = None) -> ClosedForm:
         return losses.forward_kl_grad
 
 
@@ -58,5 +58,5 @@ class JSD(Objective):
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None = None) -> Tensor:
         return losses.jsd(student_logits, teacher_logits, self.beta)
 
-    def closed_form(self) -> ClosedForm:
+    def closed_form(self, context: TokenContext | None = None) -> ClosedForm:
         return partial(losses.jsd_grad, beta=self.beta)

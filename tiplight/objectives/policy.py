@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 from torch import Tensor
 
 from tiplight import losses
+from tiplight.losses import ClosedForm
 from tiplight.objectives.base import Denominator, Objective, TokenContext, needs, register_objective
 
 
@@ -20,6 +22,7 @@ class SampledTokenPG(Objective):
     (``TokenContext.sampler_logprob``) when the rollout carries it, and exactly 1 otherwise (the
     student sampled it: the gradient is then ``k * grad log P_S(token)``). ``ratio: sequence`` uses the
     rollout's geometric-mean ratio (GSPO's) for every token of it, with each token's own gradient.
+    The update's pass over the kept tokens uses the closed form ``losses.policy_grad`` (no autograd).
 
     Args:
         estimator: ``k1`` (log P_S - log P_T) or ``k3`` (r - 1 - log r, r = P_T / P_S).
@@ -43,8 +46,19 @@ class SampledTokenPG(Objective):
         context = needs(context, self)
         student = losses.sampled_logprob(student_logits, context.token)  # [N] with grad
         teacher = losses.sampled_logprob(teacher_logits, context.token).detach()
-        advantage = -losses.kl_estimate(student.detach(), teacher, self.estimator)
+        advantage = -losses.kl_estimate(teacher - student.detach(), self.estimator)
         return losses.clipped_policy_loss(self.log_ratio(student, context), advantage, self.clip)
+
+    def closed_form(self, context: TokenContext | None = None) -> ClosedForm | None:
+        """Given the rows' context (the update's pass over kept tokens; the statistics pass has no
+        sequence ratio yet, so it gets None): ``losses.policy_grad`` for them."""
+        if context is None:
+            return None
+        if self.ratio == "sequence":
+            extra = {"log_ratio": context.sequence_log_ratio}
+        else:
+            extra = {"sampler_logprob": context.sampler_logprob}
+        return partial(losses.policy_grad, token=context.token, estimator=self.estimator, clip=self.clip, **extra)
 
     def log_ratio(self, student: Tensor, context: TokenContext) -> Tensor:
         """log of the importance ratio ``[N]``: its value per ``ratio``, its gradient ``grad log P_S``."""
