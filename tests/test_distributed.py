@@ -44,8 +44,8 @@ def test_two_processes_match_one_with_lora(single_lora, tiny, prompts_file, tmp_
 
 @pytest.mark.distributed
 @pytest.mark.parametrize("objective", ["TopKDivergence", "SampledTokenPG"])
-def test_two_processes_match_one_for_autograd_objectives(objective, tiny, prompts_file, tmp_path):
-    """Objectives without a closed form (the autograd path, reading the sampled tokens) under DDP."""
+def test_two_processes_match_one_for_top_k_and_sampled_token_objectives(objective, tiny, prompts_file, tmp_path):
+    """TopKDivergence (the autograd path) and SampledTokenPG (its closed form reads the sampled tokens)."""
     one = run("single", 1, tiny, prompts_file, tmp_path, objective)
     assert_same(one, run("ddp", 2, tiny, prompts_file, tmp_path, objective))
 
