@@ -17,7 +17,7 @@ Denominator = Literal["kept", "valid"]
 @dataclass(frozen=True)
 class TokenContext:
     """What a loss may read at each position besides the two distributions; ``[R, C]`` for a micro-batch,
-    ``[K]`` after ``at(mask)`` or ``rows(...)`` (in ``hidden[mask]`` order).
+    ``[K]`` after ``at(mask)`` (in ``hidden[mask]`` order), then ``at(slice)`` for a chunk of those rows.
 
     ``token``: the sampled token each position predicts. ``sampler_logprob``: the log-probability the
     rollout engine drew it with, when the rollout carries one (else None: the student's own, ratio 1).

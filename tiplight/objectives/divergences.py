@@ -13,7 +13,12 @@ from tiplight.objectives.base import Denominator, Objective, TokenContext, regis
 
 @register_objective
 class ReverseKL(Objective):
-    """KL(P_S || P_T) over the full vocabulary: the OPD loss of TIP Eq. 1 and Eq. 9 (mode seeking)."""
+    """KL(P_S || P_T) over the full vocabulary: the OPD loss of TIP Eq. 1 and Eq. 9 (mode seeking).
+
+    Args:
+        denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
+            its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
+    """
 
     def __init__(self, denominator: Denominator = "kept") -> None:
         super().__init__(denominator)
@@ -27,7 +32,12 @@ class ReverseKL(Objective):
 
 @register_objective
 class ForwardKL(Objective):
-    """KL(P_T || P_S) over the full vocabulary (mode covering; supervised KD's loss)."""
+    """KL(P_T || P_S) over the full vocabulary (mode covering; supervised KD's loss).
+
+    Args:
+        denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
+            its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
+    """
 
     def __init__(self, denominator: Denominator = "kept") -> None:
         super().__init__(denominator)
@@ -46,7 +56,8 @@ class JSD(Objective):
     Args:
         beta: the teacher's weight in the mixture, 0 < beta < 1 (0.5: the symmetric JSD; the limits are
             ``ForwardKL`` and ``ReverseKL`` up to scale).
-        denominator: ``kept`` or ``valid`` tokens of the step (see ``Objective``).
+        denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
+            its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
     """
 
     def __init__(self, beta: float = 0.5, denominator: Denominator = "kept") -> None:

@@ -28,7 +28,8 @@ class SampledTokenPG(Objective):
         estimator: ``k1`` (log P_S - log P_T) or ``k3`` (r - 1 - log r, r = P_T / P_S).
         clip: PPO's clip range c (the ratio is clipped to [1 - c, 1 + c]); None: no clipping.
         ratio: importance ratio per ``token`` or per ``sequence``.
-        denominator: ``kept`` or ``valid`` tokens of the step (see ``Objective``).
+        denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
+            its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
     """
 
     def __init__(self, estimator: Literal["k1", "k3"] = "k1", clip: float | None = 0.2,

@@ -19,7 +19,8 @@ class TopKDivergence(Objective):
         k: how many of the teacher's most likely tokens each position keeps (>= 1).
         tail: add a bucket with each side's remaining probability mass; False renormalises both over the k.
         direction: ``reverse`` KL(S||T) or ``forward`` KL(T||S) over those k (+ 1) outcomes.
-        denominator: ``kept`` or ``valid`` tokens of the step (see ``Objective``).
+        denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
+            its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
     """
 
     def __init__(self, k: int = 64, tail: bool = True, direction: Literal["reverse", "forward"] = "reverse",
