@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 from tiplight import losses
 from tiplight.models import LoRA, add_lora
 from tiplight.objective import selected_loss_sum
+from tiplight.objectives import ReverseKL
 from tiplight.selection import SoftOrTopK, TokenStats
 from tiplight.stats import completion_hidden, token_stats_and_loss
 
@@ -130,12 +131,12 @@ def tiplight_step(s, t, ids, mask, valid, cfg: Config, vocab: int, timed: Phases
     t_hidden = t_hidden.clone()
     hidden = timed("student", completion_hidden, s, ids, mask, cfg.prompt)  # [R, C, d] with grad
     raw, token_loss = timed("stats", token_stats_and_loss, hidden, s_head, t_hidden, t_head, valid, vocab,
-                            cfg.chunk_size, losses.reverse_kl, grad=True)
+                            cfg.chunk_size, ReverseKL(), grad=True)
     stats = timed("select", TokenStats.from_raw, raw.entropy, raw.rkl, raw.fkl, valid)
     keep = timed("select", SoftOrTopK(cfg.retain).select, stats) & valid  # [R, C]
     w = keep.float()
     loss = timed("loss", selected_loss_sum, hidden[keep], t_hidden[keep], w[keep], s_head, t_head,
-                 losses.reverse_kl, vocab, cfg.chunk_size, token_loss.at(keep)) / keep.sum()
+                 ReverseKL(), vocab, cfg.chunk_size, token_loss.at(keep)) / keep.sum()
     timed("backward", loss.backward)
     return int(keep.sum())
 

@@ -1,7 +1,8 @@
 """Run two OPD steps on tiny models under a strategy and write losses, kept sets, gradients and parameters.
 
-Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT``;
-``STRATEGY+lora`` trains a LoRA adapter (frozen lm_head). Lightning re-launches this script once per extra rank.
+Used by test_distributed.py: ``python tests/distributed_run.py STRATEGY DEVICES TEACHER STUDENT PROMPTS OUT
+[OBJECTIVE]``; ``STRATEGY+lora`` trains a LoRA adapter (frozen lm_head); OBJECTIVE is a registered objective's
+name (default ReverseKL). Lightning re-launches this script once per extra rank.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from helpers import Recording
 
 from tiplight.data import PromptDataModule
 from tiplight.models import LoRA
+from tiplight.objectives import get_objective
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
 
@@ -44,9 +46,11 @@ def strategy(name: str):
     return "auto" if name == "single" else name
 
 
-def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
+def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str,
+         objective: str = "ReverseKL") -> None:
     name, _, lora = name.partition("+")
     module = GradRecording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
+                       objective=get_objective(objective),
                        sampling=Sampling(max_new_tokens=8), micro_batch_size=2,
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lora=LoRA(r=4, alpha=8) if lora else None)
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)

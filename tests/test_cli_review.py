@@ -150,8 +150,7 @@ def test_help_lists_tiplights_own_commands(capsys):
 
 
 @pytest.mark.parametrize("option,value,allowed", [
-    ("model.stats_scope", "global", "batch, micro"), ("model.denominator", "all", "kept, valid"),
-    ("model.lr_schedule", "linear", "cosine, constant"), ("model.divergence", "kl", "reverse_kl, forward_kl, jsd"),
+    ("model.stats_scope", "global", "batch, micro"), ("model.lr_schedule", "linear", "cosine, constant"),
     ("data.init_args.overlong", "cut", "truncate, skip"), ("model.selector.init_args.budget", "step", "rollout, batch"),
 ])
 def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, capsys, option, value, allowed):
@@ -159,6 +158,22 @@ def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, 
     code, _, err = run_main(["fit", "--config", str(config), f"--{option}", value], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"='{value}' is not allowed; use one of {allowed}." in err
+
+
+@pytest.mark.parametrize("args,config,message", [
+    (["--model.divergence", "jsd"], {}, "model.divergence is gone: model.objective replaced"),
+    ([], {"jsd_beta": 0.3}, "model.jsd_beta is gone: model.objective replaced"),
+    (["--model.denominator=valid"], {}, "model.denominator is gone: it moved into the objective"),
+    ([], {"denominator": "valid"}, "model.denominator is gone: it moved into the objective"),
+    (["--model.objective", "Foo"], {}, "registered objectives: ForwardKL, JSD, ReverseKL, SampledTokenPG"),
+    (["--model.objective", "SampledTokenPG", "--model.objective.estimator", "k2"], {}, "use one of k1, k3."),
+])
+def test_removed_and_bad_objective_options_are_one_sentence(tiny, prompts_file, tmp_path, capsys, args, config,
+                                                            message):
+    """``--model.divergence`` once parsed as an abbreviation of ``--model.divergence_threshold``."""
+    path = write_config(tmp_path / "run.yaml", tiny, prompts_file, **config)
+    code, _, err = run_main(["fit", "--config", str(path), *args], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
 
 
 def test_run_summary_exports_the_adapter_when_merge_lora_is_false(tiny, prompts_file, tmp_path):

@@ -57,22 +57,22 @@ def trained(tiny, prompts_file, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.slow
 def test_resume_honours_a_moved_student_and_the_options_given(trained, tmp_path):
-    """Once: the checkpoint's student path, sampling and divergence replaced the ones given (a moved
+    """Once: the checkpoint's student path, sampling and divergence (now objective) replaced the ones given (a moved
     student could not be resumed at all, and config.yaml showed the checkpoint's values)."""
     import yaml
 
     moved = trained["student"].rename(tmp_path / "moved")
     try:
         done = fit("--config", str(trained["config"]), "--ckpt_path", str(trained["ckpt"]), "--model.student",
-                   str(moved), "--model.sampling.max_new_tokens", "4", "--model.divergence", "forward_kl",
+                   str(moved), "--model.sampling.max_new_tokens", "4", "--model.objective", "ForwardKL",
                    "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path / "resumed"))
     finally:
         moved.rename(trained["student"])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "model.divergence='forward_kl' (the checkpoint had 'reverse_kl')" in done.stderr
     assert "model.sampling.max_new_tokens=4 (the checkpoint had 6)" in done.stderr
     saved = yaml.safe_load(next((tmp_path / "resumed").rglob("config.yaml")).read_text())["model"]
-    assert (saved["student"], saved["sampling"]["max_new_tokens"], saved["divergence"]) == (str(moved), 4, "forward_kl")
+    assert (saved["student"], saved["sampling"]["max_new_tokens"]) == (str(moved), 4)
+    assert saved["objective"]["class_path"].endswith("ForwardKL")
 
 
 @pytest.mark.slow

@@ -108,8 +108,8 @@ def test_paper_hyperparameters(base):
     assert model.optimizer.init_args.weight_decay == 0.1
     assert (model.lr_schedule, model.warmup_steps, model.grad_clip) == ("cosine", 0, 1.0)
     assert (model.sampling.temperature, model.sampling.top_p, model.sampling.max_new_tokens) == (1.0, 1.0, 8192)
-    assert (model.chunk_size, model.stats_scope, model.denominator, model.divergence) == (
-        512, "batch", "kept", "reverse_kl")
+    assert (model.chunk_size, model.stats_scope, model.objective.class_path, model.objective.init_args.denominator) == (
+        512, "batch", "tiplight.objectives.ReverseKL", "kept")
     assert (data.prompts_per_step, data.rollouts_per_prompt, data.max_prompt_tokens) == (8, 16, 2048)
     assert data.train_files == ["math_train"]
     if "qwen3" in base:

@@ -11,10 +11,10 @@ import pytest
 SCRIPT = Path(__file__).with_name("distributed_run.py")
 
 
-def run(strategy: str, devices: int, models, prompts_file, tmp_path) -> dict:
+def run(strategy: str, devices: int, models, prompts_file, tmp_path, objective: str = "ReverseKL") -> dict:
     out = tmp_path / f"{strategy}.json"
     cmd = [sys.executable, str(SCRIPT), strategy, str(devices), models["teacher"], models["student"], prompts_file,
-           str(out)]
+           str(out), objective]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=SCRIPT.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -63,6 +63,14 @@ def test_fsdp2_with_tied_embeddings_matches_no_sharding(devices, single_tied, ti
 def test_two_processes_match_one_with_lora(single_lora, tiny, prompts_file, tmp_path):
     """A LoRA student's frozen head: the loss's gradient comes from the statistics pass on each rank."""
     assert_same(single_lora, run("ddp+lora", 2, tiny, prompts_file, tmp_path))
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("objective", ["TopKDivergence", "SampledTokenPG"])
+def test_two_processes_match_one_for_top_k_and_sampled_token_objectives(objective, tiny, prompts_file, tmp_path):
+    """TopKDivergence (the autograd path) and SampledTokenPG (its closed form reads the sampled tokens)."""
+    one = run("single", 1, tiny, prompts_file, tmp_path, objective)
+    assert_same(one, run("ddp", 2, tiny, prompts_file, tmp_path, objective))
 
 
 def assert_same(single: dict, multi: dict) -> None:

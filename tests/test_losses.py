@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from tiplight import losses
+from tiplight.objectives import JSD, ForwardKL, ReverseKL
+
+OBJECTIVES = {"reverse_kl": ReverseKL(), "forward_kl": ForwardKL(), "jsd": JSD(0.3)}
 
 
 def direct(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -59,14 +62,6 @@ def test_fused_token_divergences_equal_separate(logits):
     torch.testing.assert_close(fkl, losses.forward_kl(s, t))
 
 
-def test_divergence_names():
-    assert losses.get_divergence("reverse_kl") is losses.reverse_kl
-    with pytest.raises(ValueError, match=r"divergence='kl'.*reverse_kl, forward_kl, jsd"):
-        losses.get_divergence("kl")
-    with pytest.raises(ValueError, match="jsd_beta=1.5"):
-        losses.get_divergence("jsd", 1.5)
-
-
 @pytest.fixture
 def masked_logits(logits):
     """Logits with ``-inf`` entries: a token impossible for both, for the student only, for the teacher only."""
@@ -83,38 +78,32 @@ def test_minus_inf_logits_give_no_nan(masked_logits):
     h = losses.entropy(s)
     assert torch.isfinite(h).all()
     torch.testing.assert_close(h[1], losses.entropy(s[1, torch.arange(11) != 2][None])[0])
-    for name in losses.DIVERGENCES:
-        value = losses.get_divergence(name)(s, t)
+    for name, objective in OBJECTIVES.items():
+        value = objective.loss(s, t)
         assert not value.isnan().any(), name
     keep = torch.arange(11) != 3  # row 0: the token both rule out changes nothing
     torch.testing.assert_close(losses.reverse_kl(s[:1], t[:1]), losses.reverse_kl(s[:1, keep], t[:1, keep]))
     assert losses.reverse_kl(s, t)[2] > 1e30 and losses.forward_kl(s, t)[1] > 1e30
 
 
-@pytest.mark.parametrize("name", losses.DIVERGENCES)
+@pytest.mark.parametrize("name", OBJECTIVES)
 @pytest.mark.parametrize("masked", [False, True])
 def test_closed_form_gradient_equals_autograd(logits, masked_logits, name, masked):
     """Value and gradient w.r.t. the student's logits; with -inf logits, on the rows whose divergence is
     finite (row 0: a token both rule out; row 1 for reverse KL and JSD; row 2 for forward KL and JSD)."""
     s, t = masked_logits if masked else logits
     rows = {"reverse_kl": [0, 1, 3], "forward_kl": [0, 2, 3], "jsd": [0, 1, 2, 3]}[name] if masked else slice(None)
-    div = losses.get_divergence(name, 0.3)
+    div = OBJECTIVES[name]
     x = s.clone().requires_grad_()
-    want = div(x, t)
+    want = div.loss(x, t)
     want[rows].sum().backward()
-    h, rkl, fkl, loss, grad = losses.divergences_and_grad(s, t, losses.closed_form(div))
+    h, rkl, fkl, loss, grad = losses.divergences_and_grad(s, t, div.closed_form())
     assert not grad.isnan().any()
     torch.testing.assert_close(loss[rows], want[rows].detach())
     torch.testing.assert_close(grad[rows], x.grad[rows])
     torch.testing.assert_close(h, losses.entropy(s))
     torch.testing.assert_close(rkl, losses.reverse_kl(s, t))
     torch.testing.assert_close(fkl, losses.forward_kl(s, t))
-
-
-def test_closed_forms_exist_for_built_ins_only():
-    assert losses.closed_form(losses.reverse_kl) is not None
-    assert losses.closed_form(losses.get_divergence("jsd", 0.3)) is not None
-    assert losses.closed_form(lambda s, t: losses.reverse_kl(s, t)) is None
 
 
 def test_consume_overwrites_float32_logits_only(logits):

@@ -16,6 +16,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tiplight import losses
 from tiplight.objective import selected_loss_sum
+from tiplight.objectives import ReverseKL
 from tiplight.stats import completion_hidden, position_ids, token_stats_and_loss
 
 R, P, C, V, CHUNK = 3, 4, 12, 512, 5
@@ -51,9 +52,9 @@ def tiplight_loss(student, teacher, ids, mask, keep) -> torch.Tensor:
         t_hidden = completion_hidden(teacher, ids, mask, P)  # [R, C, d_t]
     hidden = completion_hidden(student, ids, mask, P)  # [R, C, d]
     _, token_loss = token_stats_and_loss(hidden, s_head, t_hidden, t_head, torch.ones_like(keep), V, CHUNK,
-                                         losses.reverse_kl, grad=True)
+                                         ReverseKL(), grad=True)
     return selected_loss_sum(hidden[keep], t_hidden[keep], torch.ones(int(keep.sum())), s_head, t_head,
-                             losses.reverse_kl, V, CHUNK, token_loss.at(keep)) / keep.sum()
+                             ReverseKL(), V, CHUNK, token_loss.at(keep)) / keep.sum()
 
 
 def naive_loss(student, teacher, ids, mask, keep) -> torch.Tensor:

@@ -6,6 +6,7 @@ from helpers import make_data, make_module, make_trainer
 from transformers import AutoModelForCausalLM
 
 from tiplight.models import LoRA
+from tiplight.objectives import JSD, ForwardKL, ReverseKL
 from tiplight.selection import SoftOrTopK
 
 
@@ -128,7 +129,6 @@ def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tm
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(student="/no/such/model"), r"model.student='/no/such/model' could not be loaded"),
-    (dict(divergence="kl"), r"divergence='kl' is unknown; allowed: reverse_kl"),
     (dict(chunk_size=0), r"model.chunk_size=0"),
 ])
 def test_bad_module_input_is_one_clear_error(tiny, prompts_file, tmp_path, kwargs, message):
@@ -163,26 +163,24 @@ def naive_step_loss(module, record, divergence):
         t = module.teacher(input_ids=r.input_ids, attention_mask=mask, position_ids=pos).logits
     span = slice(r.prompt_length - 1, r.input_ids.shape[1] - 1)
     v = module.vocab_size
-    per_token = divergence(s[:, span, :v].flatten(0, 1), t[:, span, :v].flatten(0, 1)).view_as(record.weights)
+    per_token = divergence.loss(s[:, span, :v].flatten(0, 1), t[:, span, :v].flatten(0, 1)).view_as(record.weights)
     return per_token, record.weights
 
 
 @pytest.mark.parametrize("kwargs", [
     dict(selector=SoftOrTopK(0.5)),
     dict(selector=SoftOrTopK(0.5), stats_scope="micro", micro_batch_size=3),
-    dict(denominator="valid", micro_batch_size=2),
-    dict(divergence="jsd", jsd_beta=0.3),
-    dict(divergence="forward_kl", chunk_size=3),
+    dict(objective=ReverseKL(denominator="valid"), micro_batch_size=2),
+    dict(objective=JSD(0.3)),
+    dict(objective=ForwardKL(), chunk_size=3),
 ])
 def test_logged_loss_equals_the_direct_formula(tiny, prompts_file, tmp_path, kwargs):
-    from tiplight import losses
-
     module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **kwargs)
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.fit(module, make_data(prompts_file))
-    divergence = losses.get_divergence(kwargs.get("divergence", "reverse_kl"), kwargs.get("jsd_beta", 0.5))
-    per_token, weights = naive_step_loss(module, module.last_step, divergence)
-    denominator = module.last_step.stats.valid.sum() if kwargs.get("denominator") == "valid" else (weights > 0).sum()
+    per_token, weights = naive_step_loss(module, module.last_step, module.objective)
+    valid = module.objective.denominator == "valid"
+    denominator = module.last_step.stats.valid.sum() if valid else (weights > 0).sum()
     expected = (per_token * weights).sum() / denominator
     torch.testing.assert_close(trainer.callback_metrics["train/loss"], expected, rtol=1e-4, atol=1e-6)
     if kwargs.get("stats_scope") == "micro":  # each micro-batch of 3 rollouts keeps its own top half
@@ -194,7 +192,8 @@ def test_logged_loss_equals_the_direct_formula(tiny, prompts_file, tmp_path, kwa
 def test_importance_weighted_entropy_sampling_trains(tiny, prompts_file, tmp_path):
     from tiplight.selection import EntropySampling
 
-    module = make_module(tiny, selector=EntropySampling(0.5, importance_weights=True), denominator="valid")
+    module = make_module(tiny, selector=EntropySampling(0.5, importance_weights=True),
+                         objective=ReverseKL(denominator="valid"))
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.fit(module, make_data(prompts_file))
     weights = module.last_step.weights

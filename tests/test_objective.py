@@ -7,9 +7,11 @@ from torch import nn
 
 from tiplight import losses
 from tiplight.objective import selected_loss_sum
+from tiplight.objectives import JSD, ForwardKL, ReverseKL
 from tiplight.stats import token_stats_and_loss
 
 R, C, D, DT, V_MODEL, V = 3, 9, 8, 12, 40, 37
+OBJECTIVES = {"reverse_kl": ReverseKL(), "forward_kl": ForwardKL(), "jsd": JSD(0.3)}
 
 
 @pytest.fixture
@@ -43,12 +45,12 @@ def naive_loss(hidden, teacher_hidden, head, teacher_head, weights, divergence):
     s = head(hidden)[..., :V]
     with torch.no_grad():
         t = teacher_head(teacher_hidden)[..., :V]
-    return (divergence(s.flatten(0, 1), t.flatten(0, 1)) * weights.flatten()).sum()
+    return (divergence.loss(s.flatten(0, 1), t.flatten(0, 1), None) * weights.flatten()).sum()
 
 
-def custom(divergence):
-    """The same divergence behind a plain function: no closed form, so the autograd path serves it."""
-    return lambda s, t: divergence(s, t)
+def custom(objective):
+    """The same divergence in a plugin without a closed form, so the autograd path serves it."""
+    return type("Custom", (type(objective),), {"closed_form": lambda self, context=None: None})(**vars(objective))
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "jsd"])
@@ -61,7 +63,7 @@ def test_selected_loss_and_grads_equal_naive(setup, divergence, path, chunk, imp
     hidden, teacher_hidden, _, teacher_head, valid = setup
     torch.manual_seed(1)
     head = nn.Linear(D, V_MODEL, bias=path == "closed_form").requires_grad_(path != "precomputed")
-    div = losses.get_divergence(divergence, 0.3)
+    div = OBJECTIVES[divergence]
     div = custom(div) if path == "autograd" else div
     weights = valid.float() * (torch.linspace(0, 2, C) if importance else 1.0)
     h1 = hidden.clone().requires_grad_()
@@ -72,10 +74,10 @@ def test_selected_loss_and_grads_equal_naive(setup, divergence, path, chunk, imp
 
     h2 = hidden.clone().requires_grad_()
     _, token_loss = token_stats_and_loss(h2, head, teacher_hidden, teacher_head, valid, V, chunk, div, grad=True)
-    assert (token_loss.grad_hidden is not None) == (path == "precomputed")
+    assert (token_loss is not None and token_loss.grad_hidden is not None) == (path == "precomputed")
     mask = weights > 0
     got = selected_loss_sum(h2[mask], teacher_hidden[mask], weights[mask], head, teacher_head, div, V, chunk,
-                            token_loss.at(mask))
+                            token_loss.at(mask) if token_loss is not None else None)
     assert (type(got.grad_fn).__name__ == "_PrecomputedBackward") == (path != "autograd")
     got.backward()
     torch.testing.assert_close(got, expected)
@@ -86,11 +88,10 @@ def test_selected_loss_and_grads_equal_naive(setup, divergence, path, chunk, imp
 @pytest.mark.parametrize("chunk", [1, 4])
 def test_token_loss_equals_divergence_and_is_zero_where_not_valid(setup, chunk):
     hidden, teacher_hidden, head, teacher_head, valid = setup
-    for name in losses.DIVERGENCES:
-        div = losses.get_divergence(name)
+    for div in (ReverseKL(), ForwardKL(), JSD()):
         raw, token_loss = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, chunk, div)
         with torch.no_grad():
-            want = div(head(hidden)[..., :V].flatten(0, 1), teacher_head(teacher_hidden)[..., :V].flatten(0, 1))
+            want = div.loss(head(hidden)[..., :V].flatten(0, 1), teacher_head(teacher_hidden)[..., :V].flatten(0, 1))
         torch.testing.assert_close(token_loss.loss, torch.where(valid, want.view(R, C), 0.0))
         assert token_loss.grad_hidden is None  # grad=False
         stats, _ = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, chunk)
@@ -111,10 +112,10 @@ class VocabTensors(torch.overrides.TorchFunctionMode):
 def test_without_grad_the_precomputed_loss_is_used(setup):
     """Validation: the statistics pass's per-token loss is summed, no vocabulary pass."""
     hidden, teacher_hidden, head, teacher_head, valid = setup
-    _, token_loss = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, 4, losses.reverse_kl)
+    _, token_loss = token_stats_and_loss(hidden, head, teacher_hidden, teacher_head, valid, V, 4, ReverseKL())
     with torch.no_grad(), VocabTensors() as seen:
         got = selected_loss_sum(hidden[valid], teacher_hidden[valid], torch.ones(int(valid.sum())), head,
-                                teacher_head, losses.reverse_kl, V, 4, token_loss.at(valid))
+                                teacher_head, ReverseKL(), V, 4, token_loss.at(valid))
     assert seen.count == 0
     torch.testing.assert_close(got, token_loss.loss.sum())
 
@@ -124,11 +125,11 @@ def test_nothing_kept_gives_zero_loss_and_connected_graph(setup, frozen):
     hidden, teacher_hidden, head, teacher_head, valid = setup
     head.requires_grad_(not frozen)
     h = hidden.clone().requires_grad_()
-    _, token_loss = token_stats_and_loss(h, head, teacher_hidden, teacher_head, valid, V, 4, losses.reverse_kl,
+    _, token_loss = token_stats_and_loss(h, head, teacher_hidden, teacher_head, valid, V, 4, ReverseKL(),
                                          grad=True)
     mask = torch.zeros(R, C, dtype=torch.bool)
     loss = selected_loss_sum(h[mask], teacher_hidden[mask], torch.ones(0), head, teacher_head,
-                             losses.reverse_kl, V, 4, token_loss.at(mask))
+                             ReverseKL(), V, 4, token_loss.at(mask))
     loss.backward()
     assert loss.item() == 0 and h.grad is not None and (frozen or head.weight.grad is not None)
 
@@ -154,6 +155,6 @@ def test_no_full_logits_are_saved_for_backward(setup):
     t = torch.randn(n, DT)
     naive = max_saved_numel(lambda: losses.reverse_kl(head(h)[:, :V], teacher_head(t)[:, :V]).sum())
     ours = max_saved_numel(lambda: selected_loss_sum(h, t, torch.ones(n), head, teacher_head,
-                                                     losses.reverse_kl, V, chunk_size=8))
+                                                     ReverseKL(), V, chunk_size=8))
     assert naive >= n * V  # the naive path saves full logits
     assert ours <= max(n * D, n * DT, V_MODEL * D)  # ours saves inputs (hidden states, weights) only

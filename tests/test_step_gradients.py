@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import make_data, make_module, make_trainer
 
-from tiplight import losses
 from tiplight.models import LoRA
+from tiplight.objectives import JSD, ForwardKL, ReverseKL
 from tiplight.selection import EntropySampling, SoftOrTopK
 
 
@@ -27,29 +27,31 @@ def naive_grads(module, divergence, denominator: str) -> list[torch.Tensor]:
         t = module.teacher(input_ids=r.input_ids, attention_mask=mask, position_ids=pos).logits
     s = module.student(input_ids=r.input_ids, attention_mask=mask, position_ids=pos).logits  # [R, L, V] with grad
     span, v = slice(r.prompt_length - 1, r.input_ids.shape[1] - 1), module.vocab_size
-    per_token = divergence(s[:, span, :v].flatten(0, 1), t[:, span, :v].flatten(0, 1)).view_as(weights)
+    per_token = divergence.loss(s[:, span, :v].flatten(0, 1), t[:, span, :v].flatten(0, 1)).view_as(weights)
     n = record.stats.valid.sum() if denominator == "valid" else (weights > 0).sum()
     params = [p for p in module.student.parameters() if p.requires_grad]
     return list(torch.autograd.grad((per_token * weights).sum() / n, params))
 
 
-def custom_reverse_kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+class CustomReverseKL(ReverseKL):
     """Reverse KL without a closed form (a plugin's divergence): the autograd path serves it."""
-    return losses.reverse_kl(s, t)
+
+    def closed_form(self, context=None):
+        return None
 
 
 LORA = LoRA(r=4, alpha=8)
 CASES = {
     "full": dict(selector=SoftOrTopK(0.5)),
     "lora": dict(selector=SoftOrTopK(0.5), lora=LORA),
-    "lora_forward_kl_micro_chunk3": dict(selector=SoftOrTopK(0.3), lora=LORA, divergence="forward_kl",
+    "lora_forward_kl_micro_chunk3": dict(selector=SoftOrTopK(0.3), lora=LORA, objective=ForwardKL(),
                                          micro_batch_size=3, chunk_size=3),
-    "full_jsd_valid_micro": dict(selector=SoftOrTopK(0.5), divergence="jsd", jsd_beta=0.3,
-                                 denominator="valid", micro_batch_size=2),
+    "full_jsd_valid_micro": dict(selector=SoftOrTopK(0.5), objective=JSD(0.3, denominator="valid"),
+                                 micro_batch_size=2),
     "lora_importance_valid": dict(selector=EntropySampling(0.5, importance_weights=True), lora=LORA,
-                                  denominator="valid", chunk_size=5),
+                                  objective=ReverseKL(denominator="valid"), chunk_size=5),
     "full_importance_micro_scope": dict(selector=EntropySampling(0.5, importance_weights=True),
-                                        stats_scope="micro", micro_batch_size=3, divergence="forward_kl"),
+                                        stats_scope="micro", micro_batch_size=3, objective=ForwardKL()),
     "full_custom_micro": dict(selector=SoftOrTopK(0.5), micro_batch_size=3),
     "lora_custom": dict(selector=SoftOrTopK(0.5), lora=LORA),
 }
@@ -60,10 +62,9 @@ def test_step_gradient_equals_naive(tiny, prompts_file, tmp_path, case):
     kwargs = CASES[case]
     module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), grad_clip=None, **kwargs)
     if "custom" in case:
-        module.divergence = custom_reverse_kl
+        module.objective = CustomReverseKL()
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
-    divergence = module.divergence
-    want = naive_grads(module, divergence, kwargs.get("denominator", "kept"))
+    want = naive_grads(module, module.objective, module.objective.denominator)
     got = [p.grad for p in module.student.parameters() if p.requires_grad]
     assert len(got) == len(want) and all(g is not None for g in got)
     for a, b in zip(got, want):
@@ -82,7 +83,7 @@ def test_tied_student_gradient_equals_naive(tiny, prompts_file, tmp_path):
                          grad_clip=None, selector=SoftOrTopK(0.5), chunk_size=4)
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
     assert module.student.get_output_embeddings().weight is module.student.get_input_embeddings().weight
-    want = naive_grads(module, module.divergence, "kept")
+    want = naive_grads(module, module.objective, "kept")
     got = [p.grad for p in module.student.parameters() if p.requires_grad]
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

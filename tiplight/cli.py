@@ -117,6 +117,28 @@ def check_checkpoint(path: str) -> None:
         raise ValueError(f"ckpt_path={path!r} {state}; give a .ckpt file written by `tiplight fit`.")
 
 
+def replaced_option(option: str) -> str | None:
+    """The sentence for an option that a release removed (``model.divergence``), or None."""
+    from tiplight.objectives import list_objectives
+
+    if option in ("model.divergence", "model.jsd_beta"):
+        return (f"{option} is gone: model.objective replaced model.divergence and model.jsd_beta; give it a "
+                f"class_path ({', '.join(list_objectives())}), e.g. --model.objective JSD --model.objective.beta 0.3.")
+    if option == "model.denominator":
+        return ("model.denominator is gone: it moved into the objective as model.objective.init_args.denominator "
+                "(kept or valid), e.g. --model.objective ReverseKL --model.objective.denominator valid.")
+    return None
+
+
+def replaced_in(argv: list[str], message: str = "") -> str | None:
+    """The sentence for a removed option named on the command line (``--model.divergence``: argparse would
+    take it for an abbreviation of ``--model.divergence_threshold``) or in a config file (jsonargparse's
+    ``message``), or None."""
+    named = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--")]
+    named += re.findall(r"does not accept (?:nested key|option) '([\w.]+)'", message)
+    return next(filter(None, map(replaced_option, named)), None)
+
+
 _NOISE_LINES = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|"
                           r"Expected a <class 'NoneType'>|Given value type:|Given value:|"
                           r"Problem with given class_path)")
@@ -145,6 +167,10 @@ def condense(message: str) -> str:
         from tiplight.selection import list_selectors
 
         hint = f"; registered selectors: {', '.join(list_selectors())} (or a dotted class path)"
+    if name.endswith("objective"):
+        from tiplight.objectives import list_objectives
+
+        hint = f"; registered objectives: {', '.join(list_objectives())} (or a dotted class path)"
     klass = re.search(r"Problem with given class_path '([\w.]+)'", message)
     if klass and "is not accepted" in message:
         hint = f"; {klass.group(1).rsplit('.', 1)[-1]} accepts: {', '.join(_init_args(klass.group(1)))}"
@@ -230,11 +256,15 @@ def main(argv: list[str] | None = None) -> None:
         code = _subcommand(argv)
         if code is not None:
             raise SystemExit(code)
+        replaced = replaced_in(argv)
+        if replaced is not None:
+            raise ValueError(replaced)
         TiplightCLI(args=argv)
     except (ValueError, ArgumentError, MisconfigurationException, OSError) as error:  # OSError: a full disk...
         if os.environ.get("TIPLIGHT_TRACEBACK"):
             raise
-        text = describe_os_error(error) if isinstance(error, OSError) else condense(str(error))
+        text = describe_os_error(error) if isinstance(error, OSError) else (
+            replaced_in([], str(error)) or condense(str(error)))
         print(f"tiplight: error: {text}", file=sys.stderr)
         raise SystemExit(2) from None
     except SIGTERMException:

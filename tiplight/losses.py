@@ -4,21 +4,22 @@ Every function takes logits ``[N, V]`` (any float dtype), computes in float32 an
 They are pure: no reduction, no masking, no chunking (see ``tiplight.stats`` for the chunked callers).
 A ``-inf`` logit is a probability of 0, and 0 * log 0 counts as 0: where a logit is ``-inf``, the
 log-probabilities are clamped to the lowest float32 before any product, so no 0 * -inf turns into NaN
-(a KL that is truly infinite comes out as a huge finite number instead). ``closed_form`` gives each
-built-in divergence's gradient with respect to the student's logits (``tiplight.objective`` uses it
-instead of autograd), ``divergences_and_grad`` computes statistics, divergence and gradient in one go.
+(a KL that is truly infinite comes out as a huge finite number instead). ``reverse_kl_grad``,
+``forward_kl_grad`` and ``jsd_grad`` are the full-vocabulary divergences' gradients with respect to the
+student's logits (``tiplight.objectives`` hands them to the fast paths instead of autograd),
+``divergences_and_grad`` computes statistics, divergence and gradient in one go. ``topk_divergence`` and
+``kl_estimate`` / ``clipped_policy_loss`` are the maths of the top-k and sampled-token objectives.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOG_ZERO = torch.finfo(torch.float32).min  # log 0, finite: 0 * LOG_ZERO == 0
 
 
@@ -76,17 +77,17 @@ def jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float 
 ClosedForm = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
-def _reverse_kl_grad(p, q, diff, scratch, rkl, fkl):
+def reverse_kl_grad(p, q, diff, scratch, rkl, fkl):
     """d KL(S||T) / d s = P_S * (log P_S - log P_T - KL(S||T))."""
     return rkl, diff.sub_(rkl[:, None]).mul_(p)
 
 
-def _forward_kl_grad(p, q, diff, scratch, rkl, fkl):
+def forward_kl_grad(p, q, diff, scratch, rkl, fkl):
     """d KL(T||S) / d s = P_S - P_T."""
     return fkl, torch.sub(p, q, out=scratch)
 
 
-def _jsd_grad(p, q, diff, scratch, rkl, fkl, beta: float):
+def jsd_grad(p, q, diff, scratch, rkl, fkl, beta: float):
     """JSD and its gradient ``(1 - beta) * P_S * (a - KL(S||M))`` with ``a = log P_S - log M``.
 
     From ``diff = log P_S - log P_T``: ``a = -log((1 - beta) + beta * exp(-diff))`` and
@@ -99,18 +100,6 @@ def _jsd_grad(p, q, diff, scratch, rkl, fkl, beta: float):
     kl_tm = q.mul_(c).sum(-1)
     kl_sm = torch.mul(p, a, out=c).sum(-1)
     return beta * kl_tm + (1.0 - beta) * kl_sm, a.sub_(kl_sm[:, None]).mul_(p).mul_(1.0 - beta)
-
-
-def closed_form(divergence: Divergence) -> ClosedForm | None:
-    """The closed-form gradient of a built-in divergence (``get_divergence``'s), None for any other."""
-    if divergence is reverse_kl:
-        return _reverse_kl_grad
-    if divergence is forward_kl:
-        return _forward_kl_grad
-    if isinstance(divergence, partial) and divergence.func is jsd and not divergence.args:
-        beta = divergence.keywords.get("beta", 0.5)
-        return partial(_jsd_grad, beta=beta) if 0.0 < beta < 1.0 else None
-    return None
 
 
 def _log_probs(logits: torch.Tensor, consume: bool) -> torch.Tensor:
@@ -157,17 +146,78 @@ def token_divergences(
     return divergences_and_grad(student_logits, teacher_logits)[:3]
 
 
-DIVERGENCES = ("reverse_kl", "forward_kl", "jsd")
+def sampled_logprob(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """log P(token) per position: ``[N, V], [N] -> [N]`` (float32)."""
+    return _log_softmax(logits).gather(-1, token[:, None].long())[:, 0]
 
 
-def get_divergence(name: str, beta: float = 0.5) -> Divergence:
-    """The per-position divergence ``(student_logits, teacher_logits) -> [N]`` called ``name``."""
-    if name == "reverse_kl":
-        return reverse_kl
-    if name == "forward_kl":
-        return forward_kl
-    if name == "jsd":
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"jsd_beta={beta} is not allowed; choose 0 < jsd_beta < 1.")
-        return partial(jsd, beta=beta)
-    raise ValueError(f"divergence={name!r} is unknown; allowed: {', '.join(DIVERGENCES)}.")
+def topk_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k: int, tail: bool = True,
+                    direction: Literal["reverse", "forward"] = "reverse") -> torch.Tensor:
+    """KL over the teacher's ``k`` most likely tokens only: ``[N, V], [N, V] -> [N]``.
+
+    Both sides are read at the teacher's top-k tokens (what a served teacher ships); ``tail`` adds one
+    bucket holding each side's remaining mass ``1 - sum_k P`` (verl's, NeMo RL's), otherwise both are
+    renormalised over the k tokens (Revisiting OPD's top-32). ``direction``: KL(S||T) or KL(T||S).
+    """
+    logp_t = _log_softmax(teacher_logits)  # [N, V]
+    top_t, index = logp_t.topk(min(k, logp_t.shape[-1]), dim=-1)  # [N, k]
+    top_s = _log_softmax(student_logits).gather(-1, index)  # [N, k]
+    if tail:
+        top_s, top_t = (torch.cat([x, _log_rest(x)[:, None]], -1) for x in (top_s, top_t))  # [N, k + 1]
+    else:
+        top_s, top_t = (x - x.logsumexp(-1, keepdim=True) for x in (top_s, top_t))
+    return _kl(top_s, top_t) if direction == "reverse" else _kl(top_t, top_s)
+
+
+def _log_rest(logp: torch.Tensor) -> torch.Tensor:
+    """``log(1 - sum exp(logp))`` per row ``[N, k] -> [N]``; 0 mass is ``log`` of float32's smallest
+    normal number (finite, and the clamp stops the gradient that would be infinite there)."""
+    rest = -torch.expm1(logp.logsumexp(-1))  # [N]
+    return rest.clamp(min=torch.finfo(torch.float32).tiny).log()
+
+
+def kl_estimate(log_r: torch.Tensor, estimator: Literal["k1", "k3"]) -> torch.Tensor:
+    """Schulman's single-sample estimates of KL(S||T) at a token sampled from S, from ``log_r = log P_T -
+    log P_S`` there, ``[N] -> [N]``: k1 = -log r (unbiased), k3 = r - 1 - log r (unbiased, >= 0, lower
+    variance), clamped at 10 as verl does (r overflows where the student rules out the teacher's token)."""
+    if estimator == "k1":
+        return -log_r
+    return (torch.expm1(log_r) - log_r).clamp(max=10.0)
+
+
+def clipped_policy_loss(log_ratio: torch.Tensor, advantage: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """PPO's clipped surrogate per token, ``[N], [N] -> [N]``: ``-min(r A, clip(r, 1 - c, 1 + c) A)`` with
+    ``r = exp(log_ratio)`` (gradient through ``log_ratio``); ``clip`` None is the plain ``-r A``."""
+    ratio = log_ratio.exp()
+    loss = -ratio * advantage
+    if clip is None:
+        return loss
+    return torch.maximum(loss, -ratio.clamp(1.0 - clip, 1.0 + clip) * advantage)
+
+
+def clipped_policy_grad(log_ratio: torch.Tensor, advantage: torch.Tensor, clip: float | None) -> torch.Tensor:
+    """``d clipped_policy_loss / d log_ratio`` ``[N]``: ``-r A`` where the unclipped term is the larger or
+    the ratio lies inside the clip range, 0 elsewhere (where the clipped constant wins)."""
+    ratio = log_ratio.exp()
+    grad = -ratio * advantage
+    if clip is None:
+        return grad
+    inside = (ratio >= 1.0 - clip) & (ratio <= 1.0 + clip)
+    return grad * (inside | (grad > -ratio.clamp(1.0 - clip, 1.0 + clip) * advantage))
+
+
+def policy_grad(p, q, diff, scratch, rkl, fkl, *, token: torch.Tensor, estimator: Literal["k1", "k3"],
+                clip: float | None, log_ratio: torch.Tensor | None = None,
+                sampler_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampled-token policy loss ``[N]`` and its gradient ``g (onehot(token) - P_S)`` ``[N, V]`` with
+    ``g = d loss / d log P_S(token)``, in ``divergences_and_grad``'s closed-form signature. The log ratio
+    is ``log P_S(token) - sampler_logprob`` when given, else the constant ``log_ratio`` (0 when None)."""
+    index = token[:, None].long()
+    advantage = -kl_estimate(-diff.gather(-1, index)[:, 0], estimator)  # [N]
+    if sampler_logprob is not None:
+        log_ratio = p.gather(-1, index)[:, 0].log() - sampler_logprob
+    elif log_ratio is None:
+        log_ratio = torch.zeros_like(advantage)
+    g = clipped_policy_grad(log_ratio, advantage, clip)  # [N]
+    grad = torch.mul(p, -g[:, None], out=scratch).scatter_add_(-1, index, g[:, None])
+    return clipped_policy_loss(log_ratio, advantage, clip), grad

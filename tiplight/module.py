@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import generation, losses
+from tiplight import generation
 from tiplight.models import (
     LoRA,
     ModelSource,
@@ -30,6 +30,7 @@ from tiplight.models import (
     vocab_size,
 )
 from tiplight.objective import selected_loss_sum
+from tiplight.objectives import Objective, ReverseKL
 from tiplight.optimizers import build_optimizer, check_resumed_optimizer, optimizer_name
 from tiplight.parallel import (
     all_gather_rows,
@@ -39,7 +40,7 @@ from tiplight.parallel import (
     scale_gradients,
     sum_over_ranks,
 )
-from tiplight.passes import ScoredPart, sample, score
+from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.schedule import lr_factor
 from tiplight.seeding import derived_seed, resolve_seed
@@ -92,8 +93,8 @@ class DistillModule(L.LightningModule):
         lora: train a LoRA adapter instead of all student weights.
         gradient_checkpointing: recompute the student's decoder activations in backward.
         sampling / val_sampling: rollout sampling for training and for the validation OPD loss.
-        divergence: the loss at kept positions: reverse_kl (TIP Eq. 9), forward_kl or jsd (``jsd_beta``).
-        denominator: ``kept`` tokens of the whole step across ranks (TIP's mean), or ``valid`` tokens.
+        objective: the loss at kept positions and its denominator (any ``tiplight.objectives.Objective``):
+            ``ReverseKL`` by default (TIP Eq. 9), ``ForwardKL``, ``JSD``, ``TopKDivergence``, ``SampledTokenPG``.
         stats_scope: normalise statistics over the whole step (``batch``, all ranks) or per ``micro`` batch.
         micro_batch_size: rollouts per forward/backward on each rank (default: all of them at once).
         chunk_size: positions per lm_head chunk in statistics and loss (bounds the logits' memory).
@@ -125,9 +126,7 @@ class DistillModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         sampling: Sampling = DEFAULT_SAMPLING,
         val_sampling: Sampling | None = None,
-        divergence: Literal["reverse_kl", "forward_kl", "jsd"] = "reverse_kl",
-        jsd_beta: float = 0.5,
-        denominator: Literal["kept", "valid"] = "kept",
+        objective: Objective | None = None,
         stats_scope: Literal["batch", "micro"] = "batch",
         micro_batch_size: int | None = None,
         chunk_size: int = 512,
@@ -145,7 +144,6 @@ class DistillModule(L.LightningModule):
         allow_template_mismatch: bool = False,
     ):
         super().__init__()
-        self.divergence = losses.get_divergence(divergence, jsd_beta)
         for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
                             ("max_empty_steps", max_empty_steps)):
             if value < 1:
@@ -155,11 +153,12 @@ class DistillModule(L.LightningModule):
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
-        self.save_hyperparameters(ignore=["selector", "optimizer", "engine"])
+        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine"])
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
         self.seed = resolve_seed(seed)
         self.selector = selector if selector is not None else AllTokens()
+        self.objective = objective if objective is not None else ReverseKL()
         self.optimizer_factory = optimizer
         self.sampling = sampling
         self.val_sampling = val_sampling or sampling
@@ -260,6 +259,7 @@ class DistillModule(L.LightningModule):
         with self.timer("update"):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
+        self.log_sampler_gap(parts)
 
     def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int | None = None) -> Rollout:
         """Sample completions from the student, ``generation_batch_size`` rows at a time (``seed``: the
@@ -278,7 +278,7 @@ class DistillModule(L.LightningModule):
         """Teacher and student forward per micro-batch; chunked no-grad statistics at valid positions."""
         return score(self.student, self.teacher, rollout, keep_graph=keep_graph, vocab_size=self.vocab_size,
                      micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
-                     chunk_size=self.hparams.chunk_size, divergence=self.divergence)
+                     chunk_size=self.hparams.chunk_size, objective=self.objective)
 
     def select(self, parts: list[ScoredPart], batch_index: int,
                keys: torch.Tensor) -> tuple[TokenStats, list[torch.Tensor], slice]:
@@ -326,7 +326,7 @@ class DistillModule(L.LightningModule):
                 loss_sum = self.loss_sum(part, w)
                 self.manual_backward(loss_sum)
             total += loss_sum.detach()
-        denominator = kept if self.hparams.denominator == "kept" else valid
+        denominator = kept if self.objective.denominator == "kept" else valid
         loss = sum_over_ranks(self, total) / denominator
         self.check_finite_loss(loss)
         scale_gradients(self.student, self.trainer.world_size / denominator)
@@ -356,7 +356,7 @@ class DistillModule(L.LightningModule):
         warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
 
     def loss_sum(self, part: ScoredPart, weights: torch.Tensor) -> torch.Tensor:
-        """Weighted divergence summed over this micro-batch's kept positions (student lm_head with grad)."""
+        """Weighted loss summed over this micro-batch's kept positions (student lm_head with grad)."""
         mb, hidden, mask = part.rollout, part.student_hidden, weights > 0
         if hidden is None and part.token_loss is not None and not torch.is_grad_enabled():
             return (weights[mask] * part.token_loss.at(mask).loss).sum()  # validation: scored already
@@ -365,8 +365,9 @@ class DistillModule(L.LightningModule):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                 self.divergence, self.vocab_size, self.hparams.chunk_size,
-                                 part.token_loss.at(mask) if part.token_loss is not None else None)
+                                 self.objective, self.vocab_size, self.hparams.chunk_size,
+                                 part.token_loss.at(mask) if part.token_loss is not None else None,
+                                 part.context.at(mask) if part.context is not None else None)
 
     # --- logging --------------------------------------------------------------------------------------
     @contextmanager
@@ -387,6 +388,14 @@ class DistillModule(L.LightningModule):
                         "lr": self.lr_schedulers().get_last_lr()[0]})
         self.log_dict(metrics, on_step=True, prog_bar=False)
         self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
+
+    def log_sampler_gap(self, parts: list[ScoredPart]) -> None:
+        """``train/sampler_logprob_gap``: mean ``|log P_S - log P_sampler|`` over the step's valid tokens
+        on all ranks, when the rollout carries the sampler's log-probabilities."""
+        gap = sampler_logprob_gap(parts)
+        if gap is not None:
+            total, count = sum_over_ranks(self, gap)
+            self.log("train/sampler_logprob_gap", total / count.clamp(min=1), on_step=True)
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""

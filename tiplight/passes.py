@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tiplight.losses import Divergence
+from tiplight.objectives import Objective, TokenContext
 from tiplight.parallel import frozen_forward
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
 from tiplight.stats import RawStats, RngState, TokenLoss, completion_hidden, rng_state, token_stats_and_loss
@@ -60,6 +60,7 @@ class ScoredPart:
     student_hidden: torch.Tensor | None = None  # [r, C, d] with grad, when scoring and update share a pass
     token_loss: TokenLoss | None = None  # [r, C] loss (and [r, C, d] gradient) from the statistics pass
     rng: RngState | None = None  # before the student forward: a recompute replays its dropout masks
+    context: TokenContext | None = None  # [r, C] what an objective may read besides the distributions
 
 
 def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
@@ -71,23 +72,46 @@ def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
 
 
 def score(student: nn.Module, teacher: nn.Module, rollout: Rollout, *, micro_batch_size: int, vocab_size: int,
-          chunk_size: int, keep_graph: bool = False, divergence: Divergence | None = None) -> list[ScoredPart]:
+          chunk_size: int, keep_graph: bool = False, objective: Objective | None = None) -> list[ScoredPart]:
     """Teacher and student forward per micro-batch, then entropy / KL(S||T) / KL(T||S) at valid positions.
 
     ``keep_graph``: keep the student's hidden states with grad, so the update reuses this forward.
-    ``divergence``: also each token's loss from the same logits, and where grad is enabled and a closed
-    form exists, its gradient w.r.t. the hidden state (``stats.token_stats_and_loss``)."""
+    ``objective``: with a closed form, also each token's loss from the same logits, and where grad is
+    enabled, its gradient w.r.t. the hidden state (``stats.token_stats_and_loss``). A rollout that carries
+    sampler log-probabilities also gets the student's (``RawStats.logprob``)."""
     device = next(student.parameters()).device
     parts = []
     for mb in rollout.split(micro_batch_size):
-        mb = Rollout(mb.input_ids.to(device), mb.attention_mask.to(device), mb.completion_mask.to(device),
-                     mb.prompt_length)
+        mb = mb.to(device)
         t_hidden = teacher_hidden(teacher, mb)
         rng = rng_state(device)
         with torch.set_grad_enabled(keep_graph):
             s_hidden = completion_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         raw, token_loss = token_stats_and_loss(
             s_hidden, student.get_output_embeddings(), t_hidden, teacher.get_output_embeddings(),
-            mb.completion_mask, vocab_size, chunk_size, divergence, grad=torch.is_grad_enabled())
-        parts.append(ScoredPart(mb, t_hidden, raw, s_hidden if keep_graph else None, token_loss, rng))
+            mb.completion_mask, vocab_size, chunk_size, objective, grad=torch.is_grad_enabled(),
+            tokens=None if mb.sampler_logprobs is None else mb.completion_ids)
+        parts.append(ScoredPart(mb, t_hidden, raw, s_hidden if keep_graph else None, token_loss, rng,
+                                token_context(mb, raw)))
     return parts
+
+
+def token_context(rollout: Rollout, raw: RawStats) -> TokenContext:
+    """The sampled tokens ``[r, C]`` and, when the rollout carries the sampler's log-probabilities, those
+    and each rollout's mean ``log P_S - log P_sampler`` over its valid tokens (broadcast to ``[r, C]``)."""
+    tokens, sampler = rollout.completion_ids, rollout.sampler_logprobs
+    if sampler is None:
+        return TokenContext(tokens)
+    valid = rollout.completion_mask
+    mean = ((raw.logprob - sampler) * valid).sum(1) / valid.sum(1).clamp(min=1)  # [r]
+    return TokenContext(tokens, sampler, mean[:, None].expand_as(sampler))
+
+
+def sampler_logprob_gap(parts: list[ScoredPart]) -> torch.Tensor | None:
+    """Sum of ``|log P_S - log P_sampler|`` over valid tokens, and their count (``[2]``); None when the
+    rollout carries no sampler log-probabilities. A trainer that drifts from its sampler shows here."""
+    if parts[0].rollout.sampler_logprobs is None:
+        return None
+    total = sum(((p.raw.logprob - p.rollout.sampler_logprobs).abs() * p.rollout.completion_mask).sum() for p in parts)
+    count = sum(p.rollout.completion_mask.sum() for p in parts)
+    return torch.stack([total, count.float()])

@@ -51,13 +51,17 @@ class Rollout:
     """A batch of prompts with their sampled completions.
 
     ``input_ids`` ``[R, P + C]``: left-padded prompts then completions; ``attention_mask`` the same shape;
-    ``completion_mask`` ``[R, C]``: True on generated tokens up to and including the first EOS.
+    ``completion_mask`` ``[R, C]``: True on generated tokens up to and including the first EOS;
+    ``sampler_logprobs`` ``[R, C]`` (float32, optional): the log-probability of each generated token
+    under the distribution the engine computed before any temperature or filtering (vLLM's raw logprobs),
+    0 elsewhere; an engine that gives none leaves it None.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     completion_mask: torch.Tensor
     prompt_length: int
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -78,21 +82,33 @@ class Rollout:
         if len(parts) == 1:
             return parts[0]
         width = max(p.input_ids.shape[1] for p in parts)
+        completion = width - parts[0].prompt_length
+        logprobs = None
+        if all(p.sampler_logprobs is not None for p in parts):
+            logprobs = torch.cat([pad_right(p.sampler_logprobs, completion) for p in parts])
         return Rollout(
             torch.cat([pad_right(p.input_ids, width, pad_id) for p in parts]),
             torch.cat([pad_right(p.attention_mask, width) for p in parts]),
-            torch.cat([pad_right(p.completion_mask, width - parts[0].prompt_length) for p in parts]),
+            torch.cat([pad_right(p.completion_mask, completion) for p in parts]),
             parts[0].prompt_length,
+            logprobs,
         )
 
     def split(self, size: int) -> list[Rollout]:
         """Micro-batches of at most ``size`` rollouts."""
-        return [
-            Rollout(ids, att, comp, self.prompt_length)
-            for ids, att, comp in zip(
-                self.input_ids.split(size), self.attention_mask.split(size), self.completion_mask.split(size)
-            )
-        ]
+        return [self.rows(slice(start, start + size)) for start in range(0, len(self.input_ids), size)]
+
+    def rows(self, index: slice) -> Rollout:
+        """The rollouts ``index`` selects (views)."""
+        logprobs = None if self.sampler_logprobs is None else self.sampler_logprobs[index]
+        return Rollout(self.input_ids[index], self.attention_mask[index], self.completion_mask[index],
+                       self.prompt_length, logprobs)
+
+    def to(self, device: torch.device) -> Rollout:
+        """The same rollout on ``device``."""
+        logprobs = None if self.sampler_logprobs is None else self.sampler_logprobs.to(device)
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
+                       self.prompt_length, logprobs)
 
 
 def pad_right(x: torch.Tensor, width: int, value: int | float = 0) -> torch.Tensor:

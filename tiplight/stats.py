@@ -19,24 +19,28 @@ from torch import nn
 
 from tiplight import losses
 from tiplight.heads import LinearHead, Workspace, chunk_logits
-from tiplight.losses import Divergence
+from tiplight.objectives import Objective
 from tiplight.selection import TokenStats, quadrant_shares, quadrants
 
 
 @dataclass(frozen=True)
 class RawStats:
-    """``[R, C]`` student entropy / log|V|, KL(S||T), KL(T||S); zeros where not valid."""
+    """``[R, C]`` student entropy / log|V|, KL(S||T), KL(T||S); zeros where not valid. ``logprob``: the
+    student's log-probability of each sampled token, when the statistics pass was given the tokens."""
 
     entropy: torch.Tensor
     rkl: torch.Tensor
     fkl: torch.Tensor
+    logprob: torch.Tensor | None = None
 
     @staticmethod
     def cat(parts: list[RawStats]) -> RawStats:
         """Concatenate along rollouts; completion lengths are right-padded with zeros."""
         width = max(p.entropy.shape[1] for p in parts)
         pad = lambda x: nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
-        return RawStats(*(torch.cat([pad(getattr(p, f)) for p in parts]) for f in ("entropy", "rkl", "fkl")))
+        cat = lambda f: torch.cat([pad(getattr(p, f)) for p in parts])  # noqa: E731
+        logprob = cat("logprob") if all(p.logprob is not None for p in parts) else None
+        return RawStats(cat("entropy"), cat("rkl"), cat("fkl"), logprob)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -100,32 +104,35 @@ def token_stats_and_loss(
     valid: torch.Tensor,
     vocab_size: int,
     chunk_size: int = 512,
-    divergence: Divergence | None = None,
+    objective: Objective | None = None,
     grad: bool = False,
+    tokens: torch.Tensor | None = None,
 ) -> tuple[RawStats, TokenLoss | None]:
     """Entropy, reverse and forward KL at every valid position, ``chunk_size`` positions at a time, and,
-    given ``divergence``, each valid token's loss from the same logits (else None).
+    given an ``objective`` with a closed form, each valid token's loss from the same logits (else None:
+    the update computes it, with the context it may read).
 
-    ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool.
-    Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full vocabulary.
-    With ``grad``, a built-in divergence (``losses.closed_form``) and a frozen plain ``nn.Linear`` student
-    head, also ``d loss / d hidden`` per token: the closed-form gradient w.r.t. the logits times the head.
+    ``student_hidden`` ``[R, C, d]``, ``teacher_hidden`` ``[R, C, d_t]``, ``valid`` ``[R, C]`` bool,
+    ``tokens`` ``[R, C]`` the sampled tokens (then ``RawStats.logprob`` holds the student's log-probability
+    of each). Entropy is divided by ``log(vocab_size)`` (TIP Eq. 2); KLs are in nats over the full
+    vocabulary. With ``grad`` and a frozen plain ``nn.Linear`` student head, also ``d loss / d hidden``
+    per token: the closed-form gradient w.r.t. the logits times the head.
     """
     index = valid.flatten().nonzero().squeeze(1)  # [N]
     s_flat = student_hidden.detach().flatten(0, 1)  # [R * C, d]
     t_flat = teacher_hidden.flatten(0, 1)
-    form = None if divergence is None else losses.closed_form(divergence)
+    form = None if objective is None else objective.closed_form()
     frozen = not any(p.requires_grad for p in student_head.parameters())
     s_linear, t_linear = LinearHead.of(student_head, vocab_size), LinearHead.of(teacher_head, vocab_size)
     grad_head = s_linear if grad and form is not None and frozen else None
     workspace = Workspace(s_flat.device)
-    out = torch.zeros(4, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss
+    out = torch.zeros(5, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss, logprob
     grad_hidden = torch.zeros_like(s_flat) if grad_head is not None else None
     for chunk in index.split(chunk_size):
         s_logits = chunk_logits(student_head, s_linear, s_flat[chunk], vocab_size, workspace, "student")  # [n, V]
         t_logits = chunk_logits(teacher_head, t_linear, t_flat[chunk], vocab_size, workspace, "teacher")
-        if divergence is not None and form is None:  # a custom divergence: its value only
-            out[3, chunk] = divergence(s_logits, t_logits).float()
+        if tokens is not None:  # before the statistics overwrite the logits
+            out[4, chunk] = losses.sampled_logprob(s_logits, tokens.flatten()[chunk])
         h, rkl, fkl, loss, g = losses.divergences_and_grad(s_logits, t_logits, form, consume=True,
                                                            workspace=workspace)
         out[:3, chunk] = torch.stack((h, rkl, fkl))
@@ -134,11 +141,12 @@ def token_stats_and_loss(
         if grad_hidden is not None:
             grad_hidden[chunk] = grad_head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
     out[0] /= math.log(vocab_size)
-    entropy, rkl, fkl, loss = out.view(4, *valid.shape)
-    if divergence is None:
-        return RawStats(entropy, rkl, fkl), None
+    entropy, rkl, fkl, loss, logprob = out.view(5, *valid.shape)
+    raw = RawStats(entropy, rkl, fkl, None if tokens is None else logprob)
+    if form is None:
+        return raw, None
     g = None if grad_hidden is None else grad_hidden.view_as(student_hidden)
-    return RawStats(entropy, rkl, fkl), TokenLoss(loss, g)
+    return raw, TokenLoss(loss, g)
 
 
 def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
