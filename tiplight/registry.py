@@ -6,17 +6,26 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
-Plugin = TypeVar("Plugin", bound=type)
+
+class Plugin:
+    """The base of every plug point's base class: plain typed constructor arguments, shown by ``repr``."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
 
 
-class Registry(Generic[Plugin]):
+PluginClass = TypeVar("PluginClass", bound=type)
+
+
+class Registry(Generic[PluginClass]):
     """Subclasses of ``base`` by class name; ``kind`` names them in messages ("selector")."""
 
     def __init__(self, base: type, kind: str) -> None:
         self.base, self.kind = base, kind
         self._classes: dict[str, type] = {}
 
-    def register(self, cls: Plugin) -> Plugin:
+    def register(self, cls: PluginClass) -> PluginClass:
         """Class decorator: make ``cls`` buildable by its class name."""
         if not (isinstance(cls, type) and issubclass(cls, self.base)):
             article = "an" if self.base.__name__[0] in "AEIOU" else "a"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tiplight.envs.tools import Tool, answer_text, parse_tool_calls, prepare_call, run_calls
-from tiplight.registry import Registry
+from tiplight.registry import Plugin, Registry
 
 Split = Literal["train", "test"]
 EndReason = Literal["answer", "max_turns", "max_tokens"]
@@ -36,7 +36,7 @@ class Episode:
         return answer_text(turns[-1]) if turns else ""
 
 
-class Environment(ABC):
+class Environment(Plugin, ABC):
     """A task the student solves over several turns with tools.
 
     Subclasses take plain typed constructor arguments (LightningCLI builds them from YAML by
@@ -106,9 +106,6 @@ class Environment(ABC):
             messages[i].append({"role": "tool", "name": call.name, "content": result})
         return messages
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({args})"
 
 
 # the contract's names: register_environment (a class decorator), get_environment(name, **kwargs), list_environments()

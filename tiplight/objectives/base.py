@@ -9,7 +9,7 @@ from typing import Literal
 from torch import Tensor
 
 from tiplight.losses import ClosedForm
-from tiplight.registry import Registry
+from tiplight.registry import Plugin, Registry
 
 Denominator = Literal["kept", "valid"]
 
@@ -33,7 +33,7 @@ class TokenContext:
         return TokenContext(*(None if (x := getattr(self, f.name)) is None else x[index] for f in fields(self)))
 
 
-class Objective(ABC):
+class Objective(Plugin, ABC):
     """What the student minimises at the positions a selector keeps, and over what it averages.
 
     Subclasses take plain typed constructor arguments (LightningCLI builds them from YAML by
@@ -64,9 +64,6 @@ class Objective(ABC):
         context: an objective whose loss reads one answers None there and is served in the update."""
         return None
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
-        return f"{type(self).__name__}({args})"
 
 
 # the contract's names: register_objective (a class decorator), get_objective(name, **kwargs), list_objectives()

@@ -20,9 +20,6 @@ class ReverseKL(Objective):
             its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
     """
 
-    def __init__(self, denominator: Denominator = "kept") -> None:
-        super().__init__(denominator)
-
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None = None) -> Tensor:
         return losses.reverse_kl(student_logits, teacher_logits)
 
@@ -38,9 +35,6 @@ class ForwardKL(Objective):
         denominator: divide the step's weighted sum by its ``kept`` tokens across ranks (TIP's mean) or by
             its ``valid`` tokens (with importance-weighted selection, an unbiased all-token mean).
     """
-
-    def __init__(self, denominator: Denominator = "kept") -> None:
-        super().__init__(denominator)
 
     def loss(self, student_logits: Tensor, teacher_logits: Tensor, context: TokenContext | None = None) -> Tensor:
         return losses.forward_kl(student_logits, teacher_logits)

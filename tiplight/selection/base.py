@@ -8,14 +8,14 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from tiplight.registry import Registry
+from tiplight.registry import Plugin, Registry
 from tiplight.selection.stats import TokenStats
 
 Budget = Literal["rollout", "batch"]  # k per rollout (TIP Eq. 8) or over the flattened batch
 BUDGETS: tuple[str, ...] = get_args(Budget)
 
 
-class Selector(ABC):
+class Selector(Plugin, ABC):
     """Decides which tokens carry the distillation loss.
 
     Subclasses take plain typed constructor arguments (LightningCLI builds them from YAML by
@@ -27,9 +27,6 @@ class Selector(ABC):
     def select(self, stats: TokenStats, generator: torch.Generator | None = None) -> Tensor:
         """Keep mask `[R, C]`: bool, a subset of `stats.valid`; or float weights, > 0 exactly where kept."""
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
-        return f"{type(self).__name__}({args})"
 
 
 # the contract's names: register_selector (a class decorator), get_selector(name, **kwargs), list_selectors()
