@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,22 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """``path.write_text(text)``, all or nothing."""
-    path = Path(path)
+@contextmanager
+def replaced_when_done(path: Path) -> Iterator[Path]:
+    """The temporary file to write ``path``'s new content to: it replaces ``path`` when the block ends
+    without an exception, and is removed either way."""
     temporary = partial_name(path)
     try:
-        temporary.write_text(text)
+        yield temporary
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``path.write_text(text)``, all or nothing."""
+    with replaced_when_done(Path(path)) as temporary:
+        temporary.write_text(text)
 
 
 def write_dir(out: str | Path, fill: Callable[[Path], None]) -> Path:
@@ -53,10 +61,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote storage (fsspec): no rename there
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        temporary = partial_name(path)
-        try:
+        with replaced_when_done(Path(path)) as temporary:
             super().save_checkpoint(checkpoint, temporary, storage_options)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
