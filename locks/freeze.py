@@ -3,8 +3,8 @@
     python locks/freeze.py write VENV LOCK [--title TEXT]   # VENV's packages, pinned, into LOCK
     python locks/freeze.py diff VENV LOCK                   # packages whose version differs from LOCK
 
-A lock pins every installed distribution except the project itself; torch is pinned without its local
-label (``2.13.0``, not ``2.13.0+cpu``) so the same line admits the CPU build and PyPI's CUDA build.
+A lock pins every installed distribution except the project itself and uv (the installer, pinned by the
+Makefile's UV); torch is pinned without its local label (``2.13.0``, not ``2.13.0+cpu``) so the same line admits the CPU build and PyPI's CUDA build.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
 
 
 def installed(venv: Path) -> dict[str, str]:
-    """{normalised name: version} of what ``venv``'s pip sees, the editable project excluded."""
+    """{normalised name: version} of what ``venv``'s pip sees, the editable project and uv excluded."""
     out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze", "--exclude-editable"],
                          capture_output=True, text=True, check=True).stdout
-    return parse(out)
+    return {name: version for name, version in parse(out).items() if name != "uv"}
 
 
 def parse(text: str) -> dict[str, str]:
