@@ -7,8 +7,10 @@ each in a fresh process with ``--threads`` threads, one after the other in one r
 - ``tiplight``: ``DistillModule`` + ``PromptDataModule`` under a Lightning ``Trainer`` (what ``tiplight fit``
   builds), phases from its own ``timer`` (rollout, score + select, update).
 - ``trl``: ``trl.experimental.gkd.GKDTrainer`` with ``lmbda=1`` (every batch sampled from the student) and
-  ``beta=1`` (full-vocabulary reverse KL); rollout = ``generate_on_policy_outputs``, score = ``compute_loss``,
-  update = the rest of the step (backward, clipping, optimizer).
+  ``beta=1`` (full-vocabulary reverse KL), ``gradient_checkpointing=False`` like the others; rollout =
+  ``generate_on_policy_outputs``, score = ``compute_loss``, update = the rest of the step (backward, clipping,
+  optimizer). ``trl-default`` (not run unless named in ``--frameworks``) keeps TRL's default
+  ``gradient_checkpointing=True``, under which GKD also generates without a KV cache.
 - ``naive``: a hand-written loop: ``generate(do_sample=True)``, full ``model(...).logits`` of both models,
   reverse KL masked to the completion, backward, AdamW.
 
@@ -23,7 +25,7 @@ would take minutes per step, 28 on CUDA). Usage::
 TRL lives in its own environment (``--trl-python``, default ``$TRL_PYTHON`` or ``/work/venv-trl/bin/python``):
 ``python3 -m venv /work/venv-trl && /work/venv-trl/bin/pip install torch==2.13.0 && /work/venv-trl/bin/pip install
 trl -e .``. Peak memory: the process's peak RSS (``VmHWM``) on CPU, ``torch.cuda.max_memory_allocated`` on
-GPU. The last line reads ``peer_step: tiplight/TRL completion tokens/s R1x, peak memory R2x (shape S)``.
+GPU. Start-up: seconds from the worker's start (after importing torch) to its first step. The last line reads ``peer_step: tiplight/TRL completion tokens/s R1x, peak memory R2x (shape S)``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-FRAMEWORKS = ("tiplight", "trl", "naive")
+FRAMEWORKS = ("tiplight", "trl", "naive", "trl-default")
 CONFIGS = Path(__file__).parent / "configs"
 TRL_INSTALL = ("TRL is not installed: python3 -m venv /work/venv-trl && /work/venv-trl/bin/pip install torch==2.13.0 "
                "&& /work/venv-trl/bin/pip install trl -e <this checkout>, then pass --trl-python /work/venv-trl/bin/python.")
@@ -156,7 +158,7 @@ def run_tiplight(job: Job, clock: Clock) -> None:
     trainer.fit(module, data)
 
 
-def run_trl(job: Job, clock: Clock, out_dir: str) -> None:
+def run_trl(job: Job, clock: Clock, out_dir: str, gradient_checkpointing: bool) -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -198,7 +200,7 @@ def run_trl(job: Job, clock: Clock, out_dir: str) -> None:
                      weight_decay=0.0, max_grad_norm=1.0, lmbda=1.0, beta=1.0, temperature=1.0,
                      max_new_tokens=job.max_new_tokens, report_to=[], save_strategy="no", logging_steps=1,
                      disable_tqdm=True, use_cpu=job.device == "cpu", bf16=False, fp16=False, seed=0,
-                     dataloader_num_workers=0)
+                     dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing)
     trainer = Timed(model=AutoModelForCausalLM.from_pretrained(job.student),
                     teacher_model=AutoModelForCausalLM.from_pretrained(job.teacher), args=args,
                     train_dataset=Dataset.from_list(rows), data_collator=collate, processing_class=tokenizer,
@@ -259,8 +261,8 @@ def worker(framework: str, job: Job, out_dir: str) -> dict:
     clock = Clock()
     if framework == "tiplight":
         run_tiplight(job, clock)
-    elif framework == "trl":
-        run_trl(job, clock, out_dir)
+    elif framework.startswith("trl"):
+        run_trl(job, clock, out_dir, gradient_checkpointing=framework == "trl-default")
     else:
         run_naive(job, clock)
     return summarise(framework, job, clock)
@@ -271,7 +273,7 @@ def summarise(framework: str, job: Job, clock: Clock) -> dict:
     steps = clock.steps[job.warmup :]
     phases: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for step in steps:
-        if framework == "trl":
+        if framework.startswith("trl"):
             step["update"] = tuple(step["step"][i] - step["rollout"][i] - step["score"][i] for i in range(2))
         for name, value in step.items():
             phases[name].append(value)
@@ -365,7 +367,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=None, help="AdamW LR (default: 1e-3 toy, 1e-5 qwen3)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    parser.add_argument("--frameworks", default="tiplight,trl,naive", help=f"a comma list of {', '.join(FRAMEWORKS)}")
     parser.add_argument("--tiplight-python", default=sys.executable)
     parser.add_argument("--trl-python", default=None)
     parser.add_argument("--workdir", default=None, help="where the qwen3 pair is written (default: a temp dir)")
@@ -375,6 +377,10 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    unknown = sorted(set(args.frameworks.split(",")) - set(FRAMEWORKS))
+    if unknown:
+        raise SystemExit(f"--frameworks={args.frameworks} names {', '.join(unknown)}; use a comma list of "
+                         f"{', '.join(FRAMEWORKS)}.")
     if args.worker:
         framework, job, out = args.worker
         print(json.dumps(worker(framework, Job(**json.loads(job)), out)))
@@ -388,7 +394,8 @@ def main() -> None:
     lr = args.lr or (1e-3 if args.shape == "toy" else 1e-5)
     job = Job(args.shape, student, teacher, str(root / "prompts.jsonl"), args.rollouts_per_prompt,
               args.max_new_tokens, lr, args.steps, args.warmup, args.device, args.threads)
-    pythons = {"tiplight": args.tiplight_python, "naive": args.tiplight_python, "trl": trl_python(args.trl_python)}
+    trl = trl_python(args.trl_python)
+    pythons = {"tiplight": args.tiplight_python, "naive": args.tiplight_python, "trl": trl, "trl-default": trl}
     rows = []
     for framework in args.frameworks.split(","):
         if pythons[framework] is None:
@@ -407,6 +414,8 @@ def main() -> None:
     if "tiplight" in by and "trl" in by:
         speed = by["tiplight"]["tokens_per_s"] / by["trl"]["tokens_per_s"]
         memory = by["tiplight"]["peak_mib"] / by["trl"]["peak_mib"]
+        cpu = by["trl"]["phases"]["step"][1] / by["tiplight"]["phases"]["step"][1]
+        print(f"\nCPU s/step TRL/tiplight {cpu:.2f}x (the steadier measure on a shared machine)")
         print(f"\npeer_step: tiplight/TRL completion tokens/s {speed:.2f}x, peak memory {memory:.2f}x (shape {args.shape})")
     else:
         print(f"\npeer_step: tiplight/TRL not measured ({'TRL missing' if 'trl' not in by else 'tiplight failed'}) "
