@@ -66,6 +66,32 @@ def tiny(tmp_path_factory) -> dict[str, str]:
     return paths
 
 
+# Qwen3-0.6B's layer widths (hidden 1024, 16 x 128 query heads, 8 key/value heads, MLP 3072), one layer
+QWEN3_0P6B_WIDTHS = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
+                         head_dim=128)
+
+
+@pytest.fixture(scope="session")
+def packable(tmp_path_factory) -> dict[str, str]:
+    """Models whose layer widths bitsandbytes' CPU 4-bit kernel packs (multiples of 64 in and 32 out, as every
+    real model's are): a Qwen3 teacher and student (hidden 128 and 64), a one-layer teacher at Qwen3-0.6B's
+    widths, and the shared test tokenizer (``tiny``'s 32- and 48-wide layers are refused in 4 bits)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    root = tmp_path_factory.mktemp("packable")
+    paths = {"tokenizer": str(build_tokenizer(root / "tok", chat_template=True))}
+    for name, hidden, seed in (("teacher", 128, 1), ("student", 64, 2)):
+        paths[name] = str(build_model(root / name, "qwen3", hidden, seed=seed))
+    torch.manual_seed(3)
+    config = Qwen3Config(vocab_size=MODEL_VOCAB, num_hidden_layers=1, max_position_embeddings=256, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2, **QWEN3_0P6B_WIDTHS)
+    Qwen3ForCausalLM(config).save_pretrained(root / "qwen3_0p6b_width")
+    paths["qwen3_0p6b_width"] = str(root / "qwen3_0p6b_width")
+    for name in ("teacher", "student", "qwen3_0p6b_width"):
+        build_tokenizer(paths[name], chat_template=True)
+    return paths
+
+
 @pytest.fixture(scope="session")
 def prompts_file(tmp_path_factory) -> str:
     import json

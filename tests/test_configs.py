@@ -146,9 +146,11 @@ MODEL_FRAGMENTS = [f for f in FRAGMENTS if "lora" in f or f.startswith("quantiza
 @pytest.mark.slow
 @pytest.mark.parametrize("files", [(b,) for b in BASES] + [("toy.yaml", f) for f in MODEL_FRAGMENTS],
                          ids=lambda files: "+".join(files))
-def test_model_section_loads_through_the_cli(files, tiny):
+def test_model_section_loads_through_the_cli(files, packable):
     """Every shipped model section (LoRA, 4/8-bit) builds its models as `tiplight fit` does: the CLI hands
-    the module plain dicts in hparams, which once crashed configure_model ('dict' has no attribute 'r')."""
+    the module plain dicts in hparams, which once crashed configure_model ('dict' has no attribute 'r').
+    (Widths bitsandbytes packs in 4 bits, as the real models' are.)"""
+    tiny = packable
     args = [a for f in files for a in ("--config", str(CONFIGS / f))]
     cli = ParseOnlyCLI(args=[*args, "--model.student", tiny["student"], "--model.teacher", tiny["teacher"],
                              "--model.tokenizer", tiny["tokenizer"]], run=False)  # its own CLI: hparams come from it

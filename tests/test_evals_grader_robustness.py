@@ -51,7 +51,7 @@ def test_review_examples_from_the_issue():
     ("text", "answer"),
     [
         (r"roots \boxed{-2} \quad\text{and}\quad \boxed{1}.", "-2, 1"),
-        (r"$x = \boxed{3}$ or $x = \boxed{-5}$", "3, -5"),
+        (r"$x = \boxed{3}$ or $x = \boxed{-5}$", r"3 \text{ or } -5"),
         (r"First \boxed{3}, but then the answer is \boxed{7}", "7"),
         ("Final Answer: The largest $n$ is 34.", "34"),
         ("Final Answer: the area equals $\\frac{9}{2}$ square units.", "\\frac{9}{2}"),

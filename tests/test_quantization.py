@@ -11,7 +11,7 @@ from functools import cache
 import lightning as L
 import pytest
 import torch
-from conftest import MODEL_VOCAB, build_model, build_tokenizer
+from conftest import MODEL_VOCAB
 from helpers import Recording
 from test_cli import write_config
 from test_cli_review import run_main
@@ -41,30 +41,6 @@ def cpu_support() -> str | None:
 pytestmark = pytest.mark.skipif(cpu_support() is not None, reason=str(cpu_support()))
 packs = pytest.mark.skipif(cpu_4bit_blocks() is None, reason="this bitsandbytes does not pack 4-bit weights on this CPU")
 
-# Qwen3-0.6B's layer widths (hidden 1024, 16 x 128 query heads, 8 key/value heads, MLP 3072), one layer
-QWEN3_0P6B_WIDTHS = dict(hidden_size=1024, intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8,
-                         head_dim=128)
-
-
-@pytest.fixture(scope="module")
-def widths(tmp_path_factory) -> dict[str, str]:
-    """A teacher and student whose widths bitsandbytes packs (hidden 128 and 64, as every real model's are),
-    and a one-layer teacher at Qwen3-0.6B's widths; all read the shared test tokenizer."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    root = tmp_path_factory.mktemp("widths")
-    paths = {name: str(build_model(root / name, "qwen3", hidden, seed=seed))
-             for name, hidden, seed in (("teacher", 128, 1), ("student", 64, 2))}
-    torch.manual_seed(3)
-    config = Qwen3Config(vocab_size=MODEL_VOCAB, num_hidden_layers=1, max_position_embeddings=256, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2, **QWEN3_0P6B_WIDTHS)
-    Qwen3ForCausalLM(config).save_pretrained(root / "qwen3_0p6b_width")
-    paths["qwen3_0p6b_width"] = str(root / "qwen3_0p6b_width")
-    for path in paths.values():
-        build_tokenizer(path, chat_template=True)
-    return paths
-
-
 def fit(tiny, prompts_file, **kwargs) -> Recording:
     module = Recording(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
                     lr_schedule="constant", sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
@@ -82,16 +58,16 @@ def linear_types(model: torch.nn.Module) -> set[str]:
 
 @pytest.mark.parametrize(("bits", "layer"), [(4, "Linear4bit"), (8, "Linear8bitLt")])
 @pytest.mark.parametrize("teacher", ["teacher", "qwen3_0p6b_width"])
-def test_quantized_teacher_trains_the_student(widths, prompts_file, bits, layer, teacher):
-    pair = {"student": widths["student"], "teacher": widths[teacher]}
+def test_quantized_teacher_trains_the_student(packable, prompts_file, bits, layer, teacher):
+    pair = {"student": packable["student"], "teacher": packable[teacher]}
     module = fit(pair, prompts_file, teacher_quantization=Quantization(bits=bits))
     assert layer in linear_types(module.teacher) and module.teacher.is_quantized
     assert not any(p.requires_grad for p in module.teacher.parameters())
     assert len(module.losses) == 1 and all(math.isfinite(x) and x > 0 for x in module.losses)
 
 
-def test_qlora_student_trains_only_its_adapter(widths, prompts_file):
-    tiny = widths
+def test_qlora_student_trains_only_its_adapter(packable, prompts_file):
+    tiny = packable
     before = {}
 
     class Snapshot(L.Callback):
@@ -123,13 +99,13 @@ def test_yaml_quantization_builds_a_bitsandbytes_config():
 
 
 @packs
-def test_packed_cpu_4bit_kernel_at_a_real_width_computes_the_dequantized_model(widths):
+def test_packed_cpu_4bit_kernel_at_a_real_width_computes_the_dequantized_model(packable):
     """nf4 at Qwen3-0.6B's widths, in eval mode as the teacher runs (bitsandbytes then repacks each weight for
     its CPU kernel): the logits equal those of the same model with every weight replaced by its dequantized
     4-bit value, up to bfloat16 rounding."""
     from bitsandbytes.functional import dequantize_4bit
 
-    path = widths["qwen3_0p6b_width"]
+    path = packable["qwen3_0p6b_width"]
     quantized = load_model(ModelSource(path, "bfloat16", Quantization(bits=4)), "model.teacher", "cpu").eval()
     reference = load_model(ModelSource(path, "bfloat16"), "model.teacher").eval()
     layers = {name: m for name, m in quantized.named_modules() if type(m).__name__ == "Linear4bit"}
@@ -160,10 +136,10 @@ def test_a_width_bitsandbytes_cannot_pack_is_one_sentence_at_start_up(tiny, prom
     assert "model.layers.0." in sentence and "use bits 8" in sentence
 
 
-def lora_gradients(widths, generate_first: bool) -> dict[str, torch.Tensor]:
+def lora_gradients(packable, generate_first: bool) -> dict[str, torch.Tensor]:
     from tiplight.models import load_student
 
-    source = ModelSource(widths["student"], "bfloat16", Quantization(bits=4))
+    source = ModelSource(packable["student"], "bfloat16", Quantization(bits=4))
     student = load_student(source, LoRA(r=4, alpha=8), seed=0, device="cpu")
     ids = torch.randint(3, MODEL_VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
     if generate_first:  # what a rollout does to the student: eval mode, no grad
@@ -175,12 +151,12 @@ def lora_gradients(widths, generate_first: bool) -> dict[str, torch.Tensor]:
     return {k: p.grad.clone() for k, p in student.named_parameters() if p.requires_grad}
 
 
-def test_a_rollout_does_not_change_the_qlora_students_gradient(widths):
+def test_a_rollout_does_not_change_the_qlora_students_gradient(packable):
     """bitsandbytes 0.50 repacks a 4-bit weight for its CPU kernel at the first eval-mode forward without grad
     (a rollout) and keeps it packed; that kernel has no autograd, so every later training step silently lost the
     gradient through the frozen base weights (the lower layers' LoRA gradients were off by up to 100%). The student's
     4-bit layers never repack; the teacher's (inference only) still do."""
-    want, got = lora_gradients(widths, generate_first=False), lora_gradients(widths, generate_first=True)
+    want, got = lora_gradients(packable, generate_first=False), lora_gradients(packable, generate_first=True)
     assert want.keys() == got.keys() and len(want) > 4
     for name in want:
         torch.testing.assert_close(got[name], want[name], msg=name)

@@ -18,7 +18,6 @@ from tiplight.selection import (
     list_selectors,
     register_selector,
 )
-from tiplight.selection import base as selection_base
 
 REQUIRED_ARGS = {
     "QuadrantSelector": lambda: {"quadrants": ["Q1", "Q3"]},
@@ -91,10 +90,12 @@ def test_budgeted_selectors_keep_exactly_floor_retain_m(name, kwargs):
     stats = make_stats()
     kept = (selector.select(stats, seeded()) != 0).sum(dim=1)
     m = stats.valid.sum(dim=1)
+    # Horvitz-Thompson weights round k at random (E[k] = retain * m), so may keep one more
+    extra = (0, 1) if getattr(selector, "importance_weights", False) else (0,)
     if getattr(selector, "budget", "rollout") == "batch":
-        assert kept.sum() == math.floor(selector.retain * m.sum())
+        assert kept.sum() - math.floor(selector.retain * m.sum()) in extra
     else:
-        assert kept.tolist() == [math.floor(selector.retain * n) for n in m.tolist()]
+        assert all(k - math.floor(selector.retain * n) in extra for k, n in zip(kept.tolist(), m.tolist()))
 
 
 @pytest.mark.parametrize(("name", "kwargs"), params(CASES))
@@ -149,8 +150,7 @@ def test_unknown_name_raises_with_the_known_names():
         get_selector("SoftOr")
 
 
-def test_registration_is_strict_about_names(monkeypatch):
-    monkeypatch.setattr(selection_base, "_REGISTRY", dict(selection_base._REGISTRY))
+def test_registration_is_strict_about_names():
 
     class EntropyTopK(Selector):  # same name as a built-in, different class
         def select(self, stats, generator=None):

@@ -92,6 +92,15 @@ def test_lowest_keeps_the_complement_at_half():
     assert torch.equal((top | bottom)[even], stats.valid[even])
 
 
+def test_soft_or_ties_at_score_one_go_to_the_earlier_position():
+    """Every token clipped at the 98th entropy percentile has h_hat = 1, so its score is exactly 1 (the
+    contract's tie, broken by position); `h + d - h * d` in float32 gives 0.99999994 for d = 0.3."""
+    d = torch.tensor([[0.3, 0.7, 0.1, 0.9, 0.33, 0.51, 0.2, 0.6]])
+    ones = torch.ones_like(d)
+    stats = TokenStats(d, d, d, ones.bool(), entropy_hat=ones, rkl_hat=d)
+    assert SoftOrTopK(0.5).select(stats).tolist() == [[True] * 4 + [False] * 4]
+
+
 def four_quadrant_batch() -> tuple[TokenStats, torch.Tensor]:
     """One rollout of 4 tokens per TIP quadrant, Q1..Q4 in blocks; returns stats and the true ids."""
     h = torch.tensor([0.9] * 4 + [0.8] * 4 + [0.02] * 4 + [0.01] * 4)[None]

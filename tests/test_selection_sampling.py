@@ -72,6 +72,22 @@ def test_importance_weights_make_the_all_token_sum_unbiased():
     assert (plain.mean() - truth / stats.valid.sum()).abs() > 10 * plain.std() / n**0.5
 
 
+def test_importance_weights_are_unbiased_where_floor_retain_m_is_zero():
+    """Rollouts of 3 and 4 tokens at retain 0.2 have floor(retain * m) = 0: with k rounded at random they
+    still contribute, and the estimate of the all-token sum is unbiased within 4 standard errors."""
+    entropy = torch.tensor(
+        [[0.3, 0.05, 0.6, 0.0, 0.0, 0.0, 0.0], [0.1, 0.4, 0.02, 0.2, 0.0, 0.0, 0.0], [0.5] * 7]
+    )
+    valid = torch.tensor([[True] * 3 + [False] * 4, [True] * 4 + [False] * 3, [True] * 7])
+    stats = TokenStats.from_raw(entropy, entropy, entropy, valid)
+    values = torch.tensor([[2.0, 5.0, 1.0] + [0.0] * 4, [3.0, 1.0, 4.0, 2.0] + [0.0] * 3, [0.5] * 7])
+    n = 5 * DRAWS
+    sampler = EntropySampling(0.2, importance_weights=True, min_entropy=0.02)
+    weights = sampler.select(replicated(stats, n), torch.Generator().manual_seed(5))
+    estimates = (weights.reshape(n, *valid.shape) * values).sum(dim=(1, 2))  # [n]
+    assert (estimates.mean() - values.sum()).abs() < 4 * estimates.std() / n**0.5
+
+
 @pytest.mark.parametrize("budget", ["rollout", "batch"])
 def test_weights_are_inverse_inclusion_probabilities_of_the_kept_tokens(budget):
     stats = fixed_batch()
@@ -79,7 +95,9 @@ def test_weights_are_inverse_inclusion_probabilities_of_the_kept_tokens(budget):
     weights = sampler.select(stats, torch.Generator().manual_seed(2))
     rows = (lambda x: x.reshape(1, -1)) if budget == "batch" else (lambda x: x)
     sizes = rows(torch.where(stats.valid, stats.entropy.clamp_min(1e-6), 0.0))
-    pi = inclusion_probabilities(sizes, torch.floor(0.5 * rows(stats.valid).sum(dim=1)).long())
+    target = 0.5 * rows(stats.valid).sum(dim=1).double()  # k rounded at random: the marginal pi
+    k, up = target.floor().long(), (target - target.floor())[:, None]
+    pi = (1 - up) * inclusion_probabilities(sizes, k) + up * inclusion_probabilities(sizes, k + 1)
     kept = rows(weights) > 0
     torch.testing.assert_close(rows(weights)[kept].double(), 1 / pi[kept], rtol=1e-5, atol=0)
     assert (weights[weights > 0] >= 1).all()

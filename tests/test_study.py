@@ -76,13 +76,15 @@ def test_interval_and_paired_difference_against_direct_formulas():
     mean = sum(values) / 5
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 4)
     got = interval(values)
-    assert got.mean == pytest.approx(mean) and got.half_width == pytest.approx(2.776 * sd / math.sqrt(5))
-    assert t975(1) == pytest.approx(12.706) and t975(1000) == 1.96
+    assert got.mean == pytest.approx(mean) and got.half_width == pytest.approx(2.776445 * sd / math.sqrt(5))
+    # published quantiles (5 digits); at 31 degrees of freedom 1.96 was 3.9% off
+    for df, want in ((1, 12.7062), (2, 4.30265), (4, 2.77645), (30, 2.04227), (31, 2.03951), (1000, 1.96234)):
+        assert t975(df) == pytest.approx(want, abs=5e-5), df
     assert math.isnan(interval([0.5]).half_width) and interval([]).n == 0
     base = {0: 0.5, 1: 0.6, 2: 0.55}
     diff = paired({0: 0.52, 1: 0.63, 2: 0.56, 3: 0.9}, base)  # seed 3 has no baseline: left out
     assert diff.n == 3 and diff.mean == pytest.approx(0.02)
-    assert diff.half_width == pytest.approx(4.303 * 0.01 / math.sqrt(3)) and not diff.excludes_zero()
+    assert diff.half_width == pytest.approx(4.302653 * 0.01 / math.sqrt(3)) and not diff.excludes_zero()
     assert paired({0: 0.52, 1: 0.62, 2: 0.57}, base).excludes_zero()  # +0.02 each time: no spread
 
 

@@ -78,10 +78,11 @@ class RunSummary(L.Callback):
         }
         self._report(log_dir)
 
-    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path) -> str | None:
-        if trainer.world_size > 1:
-            return None  # sharded weights: export from a checkpoint with `pl_module.export` on one process
-        return pl_module.export(str(out), merge=self.merge_lora)
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, out: Path) -> str:
+        """Every rank takes part (FSDP2 shards are gathered); global rank 0 writes, the others wait for it."""
+        student_dir = pl_module.export(str(out), merge=self.merge_lora, write=trainer.is_global_zero)
+        trainer.strategy.barrier("tiplight-export")
+        return student_dir
 
     @rank_zero_only
     def _report(self, log_dir: Path) -> None:

@@ -268,13 +268,23 @@ class PromptDataModule(L.LightningDataModule):
         return DataLoader(stream, batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
+        """This rank's contiguous share of the validation prompts, each rollout keyed by its prompt's index in
+        the whole set: a prompt's rollout, and so the validation loss, does not depend on the number of ranks."""
         hp, trainer = self.hparams, self.trainer
-        mine = self.val_prompts[trainer.global_rank :: trainer.world_size]
+        start, stop = share(len(self.val_prompts), trainer.global_rank, trainer.world_size)
         batches = [
-            collate(mine[i : i + hp.val_batch_size], self.tokenizer.pad_token_id, 1, trainer.global_rank * 10**6 + i)
-            for i in range(0, len(mine), hp.val_batch_size)
+            collate(self.val_prompts[i : min(i + hp.val_batch_size, stop)], self.tokenizer.pad_token_id, 1, i)
+            for i in range(start, stop, hp.val_batch_size)
         ]
         return DataLoader(_Batches(batches), batch_size=None)
+
+
+def share(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items (the first ``n % world_size``
+    ranks take one more)."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
 
 
 class _Batches(IterableDataset):

@@ -241,16 +241,68 @@ def check_tokenizers(student: PreTrainedTokenizerBase, teacher: PreTrainedTokeni
         )
 
 
-def check_teacher_tokenizer(tokenizer: PreTrainedTokenizerBase, teacher: str, field_name: str) -> None:
-    """The teacher's own tokenizer must match the run's (``field_name`` names where it came from); a
-    teacher directory without a tokenizer cannot be checked, which is said in a warning."""
+def check_teacher_tokenizer(tokenizer: PreTrainedTokenizerBase, teacher: str,
+                            field_name: str) -> PreTrainedTokenizerBase | None:
+    """The teacher's own tokenizer, which must match the run's (``field_name`` names where it came from);
+    a teacher directory without a tokenizer cannot be checked, which is said in a warning (None)."""
     try:
         own = AutoTokenizer.from_pretrained(teacher)
     except (OSError, ValueError, TypeError):
         warnings.warn(f"model.teacher={teacher!r} has no tokenizer to check against {field_name}; make sure "
                       "the teacher reads the same token ids.", stacklevel=2)
-        return
+        return None
     check_tokenizers(tokenizer, own, (field_name, "model.teacher"))
+    return own
+
+
+# rendered by both chat templates: a user turn, an answer, a second user turn, the generation prompt
+SAMPLE_CONVERSATION = ({"role": "user", "content": "What is 1+1?"}, {"role": "assistant", "content": "2"},
+                       {"role": "user", "content": "And 2+2?"})
+
+
+def render_sample(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """``SAMPLE_CONVERSATION`` through the tokenizer's chat template (None without one)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        return tokenizer.apply_chat_template(list(SAMPLE_CONVERSATION), tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template that cannot render a plain conversation: still compared
+        return f"<the template fails: {type(exc).__name__}>"
+
+
+def chat_format_differences(student: tuple[PreTrainedTokenizerBase, list[int]],
+                            teacher: tuple[PreTrainedTokenizerBase, list[int]]) -> list[str]:
+    """How the (tokenizer, EOS ids) of student and teacher format a conversation differently: the
+    rendered ``SAMPLE_CONVERSATION`` and the EOS tokens; empty when they agree."""
+    (s_tok, s_eos), (t_tok, t_eos) = student, teacher
+    differences = []
+    s_text, t_text = render_sample(s_tok), render_sample(t_tok)
+    if s_text != t_text:
+        s_text, t_text = s_text or "<no chat template>", t_text or "<no chat template>"
+        at = next((i for i, (a, b) in enumerate(zip(s_text, t_text)) if a != b), min(len(s_text), len(t_text)))
+        differences.append(f"the chat templates render a conversation differently from character {at} "
+                           f"({s_text[at:at + 24]!r} vs {t_text[at:at + 24]!r})")
+    if s_eos != t_eos:
+        differences.append(f"the EOS tokens differ ({s_tok.convert_ids_to_tokens(s_eos)} vs "
+                           f"{t_tok.convert_ids_to_tokens(t_eos)})")
+    return differences
+
+
+def check_chat_format(student: tuple[PreTrainedTokenizerBase, list[int]],
+                      teacher: tuple[PreTrainedTokenizerBase, list[int]], field_name: str, allow: bool) -> None:
+    """Teacher and student must share the chat template and the EOS tokens: a teacher scoring turns in a
+    format it was not trained on is OPD's most reported failure (length explosion, truncated answers).
+    One sentence at start-up; ``allow`` (``model.allow_template_mismatch``) turns it into a warning."""
+    differences = chat_format_differences(student, teacher)
+    if not differences:
+        return
+    found = f"model.teacher and {field_name} format conversations differently: {'; '.join(differences)}"
+    if allow:
+        warnings.warn(f"{found} (allowed by model.allow_template_mismatch).", stacklevel=2)
+        return
+    raise ValueError(f"{found}; the teacher would score the student's turns in a format it does not use "
+                     "(length explosion, truncated answers): pair models of one family, or set "
+                     "model.allow_template_mismatch: true if the difference is on purpose.")
 
 
 def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
@@ -266,14 +318,45 @@ def vocab_size(tokenizer: PreTrainedTokenizerBase, *models: nn.Module) -> int:
     return size
 
 
-def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True) -> Path:
+def export_student(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, merge: bool = True,
+                   write: bool = True) -> Path:
     """Save the student as a standard HF directory: merged weights, or the PEFT adapter alone.
 
-    Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless)."""
+    Merging works on a copy, so the model in training keeps its adapter (a mid-run export is harmless). With
+    several processes every rank calls it and only the one with ``write`` saves; an FSDP2-sharded student is
+    gathered one weight at a time (a collective), LoRA merged on the fly."""
     out = Path(out)
+    if any(hasattr(p, "full_tensor") for p in model.parameters()):
+        return _export_sharded(model, tokenizer, out, merge, write)
+    if not write:
+        return out
     out.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "peft_config") and merge:
         model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def _export_sharded(model: nn.Module, tokenizer: PreTrainedTokenizerBase, out: Path, merge: bool,
+                    write: bool) -> Path:
+    from safetensors.torch import save_file
+
+    from tiplight.weights import student_weights
+
+    if not merge:
+        raise ValueError("RunSummary.merge_lora=False cannot export an FSDP2-sharded adapter; export merged "
+                         "weights (merge_lora: true) or train the adapter with DDP (configs/strategy/ddp_lora.yaml).")
+    state = {}
+    for name, weight in student_weights(model):  # every rank: each full weight is a collective
+        if write:
+            state[name] = weight.cpu().contiguous()
+    if write:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(state, out / "model.safetensors", metadata={"format": "pt"})
+        base.config.save_pretrained(out)
+        if getattr(base, "generation_config", None) is not None:
+            base.generation_config.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out

@@ -20,6 +20,7 @@ from tiplight.models import (
     LoRA,
     ModelSource,
     Quantization,
+    check_chat_format,
     check_teacher_tokenizer,
     export_student,
     freeze,
@@ -38,9 +39,9 @@ from tiplight.parallel import (
     sum_over_ranks,
 )
 from tiplight.passes import ScoredPart, sample, score
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.schedule import lr_factor
-from tiplight.seeding import resolve_seed
+from tiplight.seeding import derived_seed, resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
 from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
@@ -94,6 +95,8 @@ class DistillModule(L.LightningModule):
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
         engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
+        allow_template_mismatch: train although teacher and student differ in chat template or EOS tokens
+            (checked at start-up; a difference is an error unless this is set on purpose).
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class DistillModule(L.LightningModule):
         max_empty_steps: int = 20,
         seed: int | None = None,
         engine: RolloutEngine | None = None,
+        allow_template_mismatch: bool = False,
     ):
         super().__init__()
         self.divergence = losses.get_divergence(divergence, jsd_beta)
@@ -189,9 +193,13 @@ class DistillModule(L.LightningModule):
                                seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
         models = [student]
         if hp.teacher is not None:
-            check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
+            teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
             teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher", device))
+            if teacher_tokenizer is not None:
+                check_chat_format((self.tokenizer, eos_token_ids(self.tokenizer, student)),
+                                  (teacher_tokenizer, eos_token_ids(teacher_tokenizer, teacher)),
+                                  self.tokenizer_field, hp.allow_template_mismatch)
             self.__dict__["_teacher"] = teacher
             models.append(teacher)
         self.vocab_size = vocab_size(self.tokenizer, *models)
@@ -232,7 +240,7 @@ class DistillModule(L.LightningModule):
         with self.timer("score"):
             parts = self.score(rollout, keep_graph=self.single_pass(rollout))
         with self.timer("select"):
-            stats, weights, rows = self.select(parts, batch["batch_index"])
+            stats, weights, rows = self.select(parts, batch["batch_index"], batch["keys"])
         width = rollout.completion_mask.shape[1]
         self.last_step = StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
         with self.timer("update"):
@@ -258,15 +266,19 @@ class DistillModule(L.LightningModule):
                      micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
                      chunk_size=self.hparams.chunk_size, divergence=self.divergence)
 
-    def select(self, parts: list[ScoredPart], batch_index: int) -> tuple[TokenStats, list[torch.Tensor], slice]:
-        """Normalise over the stats scope and select.
+    def select(self, parts: list[ScoredPart], batch_index: int,
+               keys: torch.Tensor) -> tuple[TokenStats, list[torch.Tensor], slice]:
+        """Normalise over the stats scope and select (``keys`` ``[R]``: the rollout keys of the parts' rows).
 
         Returns the scope's stats (the whole step's, gathered over ranks, in ``batch`` scope), per-part
         float weights (0 = not kept) and the rows of the stats that are this rank's rollouts."""
         device = parts[0].raw.entropy.device
         generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
-        if self.hparams.stats_scope == "micro":
-            picked = [self._select(p.raw, p.rollout.completion_mask, generator) for p in parts]
+        if self.hparams.stats_scope == "micro":  # a micro-batch draws from (step seed, its first key) alone
+            firsts = [int(k[0]) for k in keys.split([len(p.raw.entropy) for p in parts])]
+            seeds = [derived_seed(self.step_seed(batch_index), key) for key in firsts]
+            picked = [self._select(p.raw, p.rollout.completion_mask, torch.Generator(device).manual_seed(seed))
+                      for p, seed in zip(parts, seeds)]
             stats = TokenStats.cat([s for s, _ in picked])
             return stats, [w for _, w in picked], slice(0, len(stats.valid))
         raw = RawStats.cat([p.raw for p in parts])
@@ -360,16 +372,22 @@ class DistillModule(L.LightningModule):
         return gathered[:, : valid.shape[1]]
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = torch.zeros(2, device=self.device)  # OPD loss summed over tokens, tokens
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.teacher is None:
             return
         rollout = self.rollout(batch, self.val_sampling)
-        total = torch.zeros((), device=self.device)
         for part in self.score(rollout):
             w = part.rollout.completion_mask.float()
-            total += self.loss_sum(part, w)
-        n = rollout.completion_mask.sum().clamp(min=1)
-        self.log("val/opd_loss", total / n, on_epoch=True, sync_dist=True, batch_size=int(n))
+            self.val_sums += torch.stack([self.loss_sum(part, w).detach(), w.sum()])
+
+    def on_validation_epoch_end(self) -> None:
+        """The mean over every validation token of every rank: the same on any number of processes."""
+        if self.teacher is not None:
+            total, tokens = sum_over_ranks(self, self.val_sums)
+            self.log("val/opd_loss", total / tokens.clamp(min=1), sync_dist=True)  # equal on every rank
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -379,9 +397,10 @@ class DistillModule(L.LightningModule):
         self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
-    def export(self, out: str, merge: bool = True) -> str:
-        """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``)."""
-        return str(export_student(self.student, self.tokenizer, out, merge))
+    def export(self, out: str, merge: bool = True, write: bool = True) -> str:
+        """Save the student as a HF directory (merged LoRA weights, or the adapter with ``merge=False``); with
+        several processes every rank calls it and the one with ``write`` saves."""
+        return str(export_student(self.student, self.tokenizer, out, merge, write))
 
     # --- generation for evaluation callbacks (MathEvalCallback's interface) ------------------------------
     def format_prompt(self, problem: str, instruction: str | None = None) -> str:

@@ -10,3 +10,12 @@ def resolve_seed(seed: int | None) -> int:
     if seed is not None:
         return int(seed)
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def derived_seed(seed: int, key: int) -> int:
+    """A seed that is a function of (``seed``, ``key``) alone (a splitmix64 finaliser), e.g. of a step's
+    seed and a micro-batch's first rollout key, so draws do not depend on what was drawn before."""
+    x = (seed * 0x9E3779B97F4A7C15 + key + 1) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) % 2**63

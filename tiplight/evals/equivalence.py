@@ -13,12 +13,14 @@ from fractions import Fraction
 from typing import Protocol
 
 from tiplight.evals.normalize import clean, is_text_answer, text_key, text_key_raw
-from tiplight.evals.parse import Node, exact_number, parse_node
+from tiplight.evals.parse import Node, exact_number, parse_node, split_top
 
 _SYMBOL = re.compile(r"[A-Za-z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|rho|sigma|tau)")
 _BASE = re.compile(r"([0-9A-Za-z]+)_\{?(\d+)\}?")
 _FLIP = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le", "=": "=", "\\ne": "\\ne"}
 MAX_ITEMS = 64
+MAX_ALTERNATIVES = 8
+_TEXT_OR = re.compile(r"\\text\{\s*or\s*\}")
 _SUBSCRIPT = re.compile(r"_\{[^{}]{0,20}\}|_[0-9A-Za-z]")
 _LABEL = re.compile(r"(?:\\[A-Za-z]+|[A-Za-z(),|:{} ])+")
 _CHOICE = re.compile(r"\(([A-E])\)")
@@ -107,6 +109,20 @@ def equivalent(pred: str, gold: str, comparator: Comparator) -> bool:
         return bool(stated) and not hedged and stated.group(1).lower() == choice.group(1).lower()
     if is_text_answer(gold):
         return text_key(pred) == text_key(gold) and bool(text_key(gold))
+    preds, golds = alternatives(pred), alternatives(gold)
+    if len(preds) * len(golds) > 1 and all(_same_value(p, g, comparator) for p in preds for g in golds):
+        return True  # `15\frac{39}{40} \text{ or } \frac{639}{40}`: one value, written twice
+    return _same_value(pred, gold, comparator)  # otherwise "or" lists answers: `x = 1 or x = 2`
+
+
+def alternatives(s: str) -> list[str]:
+    """The top-level pieces of `s` joined by "or" (`\\text{ or }` or the bare word); `[s]` when there is
+    none or too many."""
+    pieces, _ = split_top(_TEXT_OR.sub(r"\text{ or }", s), ("\text{ or }", " or "))
+    return pieces if 1 < len(pieces) <= MAX_ALTERNATIVES and all(pieces) else [s]
+
+
+def _same_value(pred: str, gold: str, comparator: Comparator) -> bool:
     p, g = clean(pred), clean(gold)
     if not p or not g:
         return False

@@ -3,8 +3,9 @@
 Order of evidence: every `\\boxed{}`/`\\fbox{}` and every explicit answer sentence ("the final answer
 is", "The answer is", "Answer:") is a candidate at its position, and the *last* one wins, so a later
 self-correction overrides an earlier box. Boxes joined only by ",", "and", "or" or
-`\\quad\\text{and}\\quad` form one list answer; an answer sentence in prose ("The largest $n$ is 34")
-gives the value after its verb. Without candidates, a short response that is just an expression is its
+`\\quad\\text{and}\\quad` form one list answer (joined by `\\text{ or }` after "or": alternatives,
+which may be one value written twice); an answer sentence in prose ("The largest $n$ is 34") gives
+the value after its verb. Without candidates, a short response that is just an expression is its
 own answer; then a final `**bold**`; the last number (or the comma list it ends) is the last resort.
 All scans are linear (brace matching, bounded gaps, and regexes without adjacent quantifiers over the
 same characters) so a huge input is safe; this reader runs in-process, so it must be. Math-Verify's
@@ -21,6 +22,7 @@ _STOP_TOKENS = (
     "</s>", "<|end|>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<end_of_turn>",
 )  # fmt: skip
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+_BRACE = re.compile(r"(?<!\\)[{}]")
 # no two adjacent quantifiers over the same characters: `\s*\**\s*` backtracks quadratically on a
 # whitespace run ("final answer" + 30000 spaces took 41 s)
 _SENTENCE = re.compile(
@@ -39,6 +41,7 @@ _PROSE_WORD = re.compile(r"(?<!\\)\b[A-Za-z]{3,}\b")
 _JOIN_NOISE = re.compile(r"\\(?:q?quad|text|mbox|mathrm|[,;:! ])|[${}()\\\s.]|\b[a-zA-Z](?:_\d+)?\s*=")
 _JOIN_WORDS = {"", ",", ";", "and", "or", "andalso", ",and", ",or", "&", "&&"}
 MAX_JOIN_GAP = 80
+OR_JOINT = " \\text{ or } "
 
 
 def cut_template_tail(text: str) -> str:
@@ -54,16 +57,16 @@ def cut_template_tail(text: str) -> str:
 def brace_pairs(text: str) -> dict[int, int]:
     """Index of the matching `}` for every `{` (escaped `\\{`/`\\}` ignored), in one linear pass.
 
-    One pass for the whole text keeps `\\boxed{\\boxed{...` repeated a million times linear too.
+    One pass for the whole text keeps `\\boxed{\\boxed{...` repeated a million times linear too; the
+    regex skips everything between braces at C speed.
     """
     pairs: dict[int, int] = {}
     stack: list[int] = []
-    for i, c in enumerate(text):
-        if c in "{}" and i and text[i - 1] == "\\":
-            continue
-        if c == "{":
+    for m in _BRACE.finditer(text):
+        i = m.start()
+        if text[i] == "{":
             stack.append(i)
-        elif c == "}" and stack:
+        elif stack:
             pairs[stack.pop()] = i
     return pairs
 
@@ -83,20 +86,60 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
             if not tok:
                 continue
             content, end = tok.group(1), tok.end()
-        if out and out[-1][1] <= m.start() and _joins_boxes(text[out[-1][1] : m.start()]):
+        joint = _box_joint(text[out[-1][1] : m.start()]) if out and out[-1][1] <= m.start() else None
+        if joint is not None:
             start, _, prev = out.pop()
-            out.append((start, end, f"{prev}, {content}"))
+            out.append((start, end, f"{prev}{joint}{content}"))
         elif not out or m.start() >= out[-1][1]:  # skip boxes nested in the previous one
             out.append((m.start(), end, content))
     return out
 
 
-def _joins_boxes(gap: str) -> bool:
-    """Is the text between two boxes only a list separator: ",", "and", "or", `\\quad\\text{and}\\quad`,
-    `$ or $x =`? Only short gaps are looked at, so this stays linear in the response."""
+def scan_window(text: str) -> str:
+    """The last `MAX_SCAN` characters, reaching back to the last box that opened before them when it is
+    still open where they begin: its content is the answer, not a number inside it."""
+    start = len(text) - MAX_SCAN
+    if start <= 0:
+        return text
+    box = max(text.rfind("\\boxed", 0, start), text.rfind("\\fbox", 0, start))
+    m = _BOX.match(text, box) if box >= 0 else None
+    if m is None or not m.group(1) or _closes_before(text, m.end() - 1, start):
+        return text[start:]
+    return text[box:]
+
+
+def _closes_before(text: str, open_at: int, stop: int) -> bool:
+    """Does the `{` at `open_at` close before `stop` (escaped braces ignored, as in `brace_pairs`)?
+    Blocks where the depth cannot reach zero are skipped with `str.count`, so this runs at C speed."""
+    depth, i = 1, open_at + 1
+    while i < stop:
+        j = min(stop, i + 4096)
+        j += j < stop and text[j - 1] == "\\"  # never split an escaped brace
+        block = text[i:j]
+        closes = block.count("}") - block.count("\\}")
+        if depth > closes:
+            depth += block.count("{") - block.count("\\{") - closes
+        else:
+            for k in range(i, j):
+                if text[k] in "{}" and text[k - 1] != "\\":
+                    depth += 1 if text[k] == "{" else -1
+                    if depth == 0:
+                        return True
+        i = j
+    return False
+
+
+def _box_joint(gap: str) -> str | None:
+    """How the text between two boxes joins them, when it is only a list separator (",", "and", "or",
+    `\\quad\\text{and}\\quad`, `$ or $x =`): ", ", or `\\text{ or }` for "or", which may also offer
+    the same value twice (`\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}`). None otherwise.
+    Only short gaps are looked at, so this stays linear in the response."""
     if len(gap) > MAX_JOIN_GAP:
-        return False
-    return _JOIN_NOISE.sub("", gap).lower() in _JOIN_WORDS
+        return None
+    word = _JOIN_NOISE.sub("", gap).lower()
+    if word not in _JOIN_WORDS:
+        return None
+    return OR_JOINT if word in ("or", ",or") else ", "
 
 
 def _sentence_answer(text: str, start: int) -> str | None:
@@ -148,13 +191,13 @@ def extract_answer(text: str) -> str | None:
     """The final answer in `text` (a full model output or a bare answer), or None when there is none."""
     if not isinstance(text, str):
         return None
-    text = cut_template_tail(text)[-MAX_SCAN:].strip()
+    text = scan_window(cut_template_tail(text)).strip()
     if not text:
         return None
     candidates = [(start, content) for start, _, content in _boxes(text)]
     after = candidates[-1][0] if candidates else -1
-    for tries, m in enumerate(reversed(list(_SENTENCE.finditer(text)))):
-        if m.start() < after or tries >= 20:  # only a sentence after the last box can override it
+    for tries, m in enumerate(reversed(list(_SENTENCE.finditer(text, max(after, 0))))):
+        if tries >= 20:  # only a sentence after the last box can override it
             break
         answer = _sentence_answer(text, m.end())
         if answer and (after < 0 or _mathy(answer)):  # "...so the answer is correct." keeps the box

@@ -8,9 +8,10 @@ the whole response under tiplight's guards (`mathverify.py`). Either accept coun
 failure grades False. No text is ever evaluated.
 
 When `grade` is safe as an RL reward: call `warmup()` once, keep `timeout` >= 2 s, and verdicts are
-a function of (response, gold) alone: comparisons run on warm workers, an overrun is retried once on
-another warm worker, and only a comparison that overruns twice grades False (a pair that costly is
-what a reward should refuse anyway). It never accepts a list for a single gold (`1,1,1` for `1`),
+a function of (response, gold) alone: comparisons run on warm workers, time spent waiting for a free
+worker (other threads' heavy inputs, a replacement warming) is never charged to a comparison, an
+overrun is retried once on another warm worker, and only a comparison that overruns twice grades
+False (a pair that costly is what a reward should refuse anyway). It never accepts a list for a single gold (`1,1,1` for `1`),
 fewer or more items than a find-all gold, an inequality restated for a gold interval (`x > 3` for
 `(3, \\infty)`), complex infinity or nan, a decimal that is not the gold to the digits it gives,
 gold x 100 or gold / 100 for a percent, or an answer taken from a chat-template tail. It is lenient
@@ -21,19 +22,17 @@ push a policy towards one style; reward well-formed LaTeX separately if you need
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from tiplight.evals.equivalence import FastComparator, Undecided, equivalent, final_rejection
 from tiplight.evals.extract import cut_template_tail, extract_answer
-from tiplight.evals.pool import COLD_START_S, get_pool
+from tiplight.evals.pool import get_pool
 
 MAX_ANSWER_CHARS = 4000  # longer extracted answers are compared as exact strings only
 MAX_GOLD_SENT = 20_001  # longer golds are not read by Math-Verify (`mathverify.MAX_GOLD_CHARS`)
 MATH_VERIFY_SCAN = 10_000  # characters from the end of a response that Math-Verify reads (its final answer)
-SLACK_S = 0.75  # waiting for a warm worker, on top of the comparison's own timeout
 _CACHE: OrderedDict[tuple[str, str, str], bool] = OrderedDict()
 _CACHE_SIZE = 50_000
 _CACHE_LOCK = threading.Lock()
@@ -94,8 +93,8 @@ def _remember(key: tuple[str, str, str], verdict: bool) -> None:
             _CACHE.popitem(last=False)
 
 
-def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: float, deadline: float) -> bool:
-    """Worker verdict: `timeout` seconds of comparison on a warm worker, all before `deadline`.
+def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: float) -> bool:
+    """Worker verdict: `timeout` seconds of comparison on a warm worker (retried once after an overrun).
     `answer` is tiplight's reading of the `gold` string. Timeouts are False and not cached."""
     tail = cut_template_tail(response)[-MATH_VERIFY_SCAN:]
     key = (tail, pred, gold)
@@ -103,7 +102,7 @@ def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: flo
     if hit is not None:
         return hit
     payload = {"pred": pred, "gold": answer, "raw_gold": gold[:MAX_GOLD_SENT], "response": tail}
-    verdict = get_pool().run(payload, timeout, deadline)
+    verdict = get_pool().run(payload, timeout)
     if verdict is None:
         return False
     _remember(key, verdict)
@@ -113,21 +112,18 @@ def _slow_verdict(response: str, pred: str, answer: str, gold: str, timeout: flo
 def grade(response: str, gold: str, *, timeout: float = 5.0) -> bool:
     """Is the final answer in `response` (a full model output or a bare answer) equivalent to `gold`?
 
-    Returns within `timeout` + 1 seconds, from any thread or process; never raises; False on any
-    failure or timeout. The one exception is the first call in a process that needs a worker: it
-    also waits for the pool to start (seconds of imports; `warmup()` does that up front), so that
-    start-up is never charged to a verdict. See the module docstring for RL-reward use.
+    Callable from any thread or process; never raises; False on any failure or after a comparison
+    overran `timeout` twice. A call takes at most 2 x `timeout` of comparison, plus any wait for a free
+    worker, which is never charged to the verdict: while other threads' comparisons hold every worker,
+    or the first call in a process waits for the pool to start (seconds of imports; `warmup()` does
+    that up front). See the module docstring for RL-reward use.
     """
-    deadline = time.monotonic() + timeout + SLACK_S
-    pool = get_pool()  # the first call starts the workers warming, even when its own verdict needs none
+    get_pool()  # the first call starts the workers warming, even when its own verdict needs none
     pred, answer, verdict = _prepare(response, gold)
     if verdict is not None:
         return verdict
-    if not pool.started.is_set():  # a new pool's start-up is not this comparison's time
-        pool.wait_started()
-        deadline = time.monotonic() + timeout + SLACK_S
     try:
-        return _slow_verdict(response, pred, answer, str(gold), timeout, deadline)
+        return _slow_verdict(response, pred, answer, str(gold), timeout)
     except Exception:
         return False
 
@@ -151,8 +147,8 @@ def grade_many(
         pool = get_pool(num_workers)
 
         def one(item: tuple[str, str, str, str]) -> bool:
-            try:  # no per-call bound here: a pair may wait for a replacement worker to warm
-                return _slow_verdict(*item, timeout, time.monotonic() + 2 * timeout + COLD_START_S)
+            try:
+                return _slow_verdict(*item, timeout)
             except Exception:
                 return False
 

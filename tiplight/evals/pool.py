@@ -5,7 +5,7 @@ over its pipes. Not `multiprocessing`: a subprocess needs no `__main__` re-impor
 be started from daemonic processes (DataLoader or Pool workers) and from any thread. The parent waits
 on the pipe with a deadline (`select`, no signals) and kills a worker that overruns; a replacement is
 started at once, so nobody waits for a hung worker. Workers exit by themselves when the parent dies
-(their stdin closes).
+(their stdin closes); a worker that died while idle (killed from outside) is replaced, never handed out.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ logger = logging.getLogger("tiplight.evals")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 MEMORY_LIMIT_BYTES = 4 << 30
 COLD_START_S = 120.0  # longest wait for a new pool's first warm worker (imports take seconds under load)
+# longest wait for a free worker: the bound that keeps a call from hanging on a pool that cannot start
+# workers; a working pool frees one within (comparisons queued ahead) x 2 x timeout / workers
+MAX_WAIT_S = 600.0
 # each worker holds sympy and Math-Verify (~200 MB, idle unless asked); at least 4, so that two workers
 # killed by one overrunning comparison (and its retry) leave warm ones while their replacements start
 DEFAULT_WORKERS = min(8, max(4, os.cpu_count() or 1))
@@ -106,10 +109,10 @@ class _Waiter:
 class WorkerPool:
     """`size` workers shared by any number of threads, all started (warming) when the pool is made.
 
-    A worker is handed out only once warm (its imports done, in a background thread), so start-up is
-    never charged to a comparison; a comparison's clock starts when a warm worker takes it. One that
-    overruns is retried once on another warm worker while the caller's deadline allows; the overrunning
-    worker is killed and a replacement starts warming at once.
+    A worker is handed out only once warm (its imports done, in a background thread) and alive, so
+    neither start-up nor waiting is charged to a comparison: its clock starts when a warm worker takes
+    it. One that overruns is retried once on another warm worker; the overrunning worker is killed and a
+    replacement starts warming at once.
     """
 
     def __init__(self, size: int) -> None:
@@ -120,7 +123,7 @@ class WorkerPool:
         self._warming = 0
         self.replaced = 0
         self.retried = 0
-        self.started = threading.Event()  # set once any worker has finished its imports
+        self._lost = 0  # workers that did not start, and were not replaced: the pool runs with fewer
         for _ in range(self.size):
             self._spawn()
 
@@ -140,22 +143,40 @@ class WorkerPool:
             worker.kill()
         if ready:
             self._checkin(worker)
-            self.started.set()
         with self._cond:
             self._warming -= 1
+            self._lost += not ready
+            if self._lost >= self.size:  # no worker will ever be handed out: release every waiting caller
+                for waiter in self._waiters:
+                    waiter.event.set()
+                self._waiters.clear()
             self._cond.notify_all()
 
     def _checkout(self, deadline: float) -> Worker | None:
-        """A warm idle worker, waited for until `deadline` (None after it). Waiting callers are served in
-        arrival order: a caller never loses its turn to later arrivals, however many threads grade."""
+        """A warm, live idle worker, waited for until `deadline` (None after it). Dead ones (killed from
+        outside while idle) are replaced and the wait goes on."""
+        while True:
+            worker = self._take(deadline)
+            if worker is None or worker.proc.poll() is None:
+                return worker
+            logger.warning(
+                "grader: a worker died while idle (exit code %s); replacing it", worker.proc.returncode
+            )
+            self._replace(worker)
+
+    def _take(self, deadline: float) -> Worker | None:
+        """An idle worker, waited for until `deadline`. Waiting callers are served in arrival order: a
+        caller never loses its turn to later arrivals, however many threads grade."""
         with self._cond:
             if self._idle and not self._waiters:
                 return self._idle.pop()
+            if self._lost >= self.size:
+                return None
             waiter = _Waiter()
             self._waiters.append(waiter)
         waiter.event.wait(max(0.0, deadline - time.monotonic()))
         with self._cond:
-            if waiter.worker is None:  # timed out before a worker was handed over
+            if waiter.worker is None and waiter in self._waiters:  # timed out before a worker came
                 self._waiters.remove(waiter)
             return waiter.worker
 
@@ -180,48 +201,24 @@ class WorkerPool:
 
         threading.Thread(target=reap_and_restart, daemon=True).start()
 
-    def run(self, payload: dict, timeout: float, deadline: float) -> bool | None:
-        """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun,
-        never past `deadline` (time.monotonic). None when no attempt finished.
-
-        When the caller's deadline (not the comparison's own timeout) cuts the wait, the worker is not
-        killed: a background thread lets it finish and returns it to the pool, so a busy period costs
-        no workers and no cold restarts."""
+    def run(self, payload: dict, timeout: float, max_wait: float = MAX_WAIT_S) -> bool | None:
+        """Compare in a warm worker: `timeout` seconds from dispatch, retried once after an overrun. None
+        when both attempts overran, or no worker was free within `max_wait` (which a working pool never
+        reaches) or can ever be (none started). Waiting for a free worker is not part of `timeout`: it
+        cannot turn a verdict into None."""
         for attempt in range(2):
-            worker = self._checkout(deadline)
+            worker = self._checkout(time.monotonic() + max_wait)
             if worker is None:
-                return None
-            if time.monotonic() >= deadline:  # handed over just too late: keep it, unused and alive
-                self._checkin(worker)
+                logger.warning("grader: no worker was free within %.0f s, or none could start", max_wait)
                 return None
             self.retried += attempt  # counted when the retry is dispatched
-            own_limit = time.monotonic() + timeout
-            verdict = worker.verdict(min(own_limit, deadline)) if worker.send(payload) else None
+            verdict = worker.verdict(time.monotonic() + timeout) if worker.send(payload) else None
             if verdict is not None:
                 self._checkin(worker)
                 return verdict
-            if time.monotonic() < own_limit and worker.proc.poll() is None:
-                self._drain(worker, own_limit)
-                return None
             logger.debug("grader: worker overran on %r; replacing it", str(payload.get("pred"))[:80])
             self._replace(worker)
         return None
-
-    def _drain(self, worker: Worker, own_limit: float) -> None:
-        """Let a worker finish a comparison its caller stopped waiting for, then return it to the pool
-        (or replace it if the comparison overruns its own limit)."""
-
-        def finish() -> None:
-            if worker.verdict(own_limit) is None:
-                self._replace(worker)
-            else:
-                self._checkin(worker)
-
-        threading.Thread(target=finish, daemon=True).start()
-
-    def wait_started(self, timeout: float = COLD_START_S) -> None:
-        """Block until one worker of a new pool is warm (the pool's start-up, never a comparison's)."""
-        self.started.wait(timeout)
 
     def warmup(self, timeout: float = COLD_START_S) -> None:
         """Wait until every worker started so far has finished its imports (seconds on a loaded machine)."""
@@ -270,7 +267,10 @@ atexit.register(_shutdown)
 
 
 def _serve() -> None:
-    """Worker main loop: imports first, then `ready`, then one JSON request per line in, one verdict out."""
+    """Worker main loop: imports first, then `ready`, then one JSON request per line in, one verdict out.
+
+    A request's `delay_s` makes the worker wait that long before comparing: a slow comparison that does
+    not depend on the machine's speed (for tests; the grader never sends it)."""
     out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
     try:
@@ -289,6 +289,7 @@ def _serve() -> None:
         comparator = SympyComparator()
         try:
             request = json.loads(line)
+            time.sleep(float(request.get("delay_s", 0.0)))
             ok = bool(equivalent(request["pred"], request["gold"], comparator))
             if not ok and request.get("response") and not comparator.refused:
                 settled = not comparator.unsure

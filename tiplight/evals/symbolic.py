@@ -210,6 +210,9 @@ def _equal(p, g, pred: str, gold: str) -> bool:
     p_dec, g_dec = _decimal_digits(pred), _decimal_digits(gold)
     if p_dec is not None or g_dec is not None:
         return _equal_approx(p, g, pred, gold, p_dec, g_dec)
+    p_exact, g_exact = exact_rational(p), exact_rational(g)
+    if p_exact is not None and g_exact is not None:  # 60! + 1 vs 60!: exactly, past any numeric precision
+        return p_exact == g_exact
     pv, gv = p.evalf(NUMERIC_DIGITS), g.evalf(NUMERIC_DIGITS)
     finite = pv.is_number and gv.is_number and pv.is_finite and gv.is_finite
     scale = max(abs(pv), abs(gv)) if finite else 0
@@ -218,6 +221,22 @@ def _equal(p, g, pred: str, gold: str) -> bool:
     if finite and scale != 0 and not (g.is_zero or p.is_zero) and abs(pv - gv) <= scale * AGREE:
         return True  # equal to 80 digits: decided before `simplify`, which can take seconds on radicals
     return bool(simplify(p - g) == 0)
+
+
+def exact_rational(expr):
+    """The exact value of a parsed expression when it is an integer or a fraction built by +, -, *, /,
+    powers and factorials (the parser leaves these unevaluated), else None (pi, irrational radicals)."""
+    from sympy import Add, Mul, Pow, binomial, factorial
+
+    if expr.is_Rational:
+        return expr
+    if not isinstance(expr, (Add, Mul, Pow, factorial, binomial)):
+        return None
+    args = [exact_rational(a) for a in expr.args]
+    if any(a is None for a in args):
+        return None
+    value = expr.func(*args)  # evaluated: the guards in `too_costly` bound exponents and factorials
+    return value if value.is_Rational else None
 
 
 def _unevaluated(expr) -> bool:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal, TypeVar, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
+from tiplight.registry import Registry
 from tiplight.selection.stats import TokenStats
 
 Budget = Literal["rollout", "batch"]  # k per rollout (TIP Eq. 8) or over the flattened batch
@@ -31,37 +32,11 @@ class Selector(ABC):
         return f"{type(self).__name__}({args})"
 
 
-_REGISTRY: dict[str, type[Selector]] = {}
-SelectorClass = TypeVar("SelectorClass", bound=type[Selector])
-
-
-def register_selector(cls: SelectorClass) -> SelectorClass:
-    """Class decorator: make `cls` buildable by its class name through `get_selector`.
-
-    A second class with a taken name raises; re-importing the same module (same qualified name) does not.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Selector)):
-        raise TypeError(f"register_selector expects a Selector subclass; got {cls!r}.")
-    name = cls.__name__
-    known = _REGISTRY.get(name)
-    if known is not None and _qualified(known) != _qualified(cls):
-        raise ValueError(
-            f"A selector named {name!r} is already registered ({_qualified(known)}); rename the class."
-        )
-    _REGISTRY[name] = cls
-    return cls
-
-
-def get_selector(name: str, **kwargs: object) -> Selector:
-    """Build the registered selector `name` with `kwargs`, e.g. `get_selector("SoftOrTopK", retain=0.2)`."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown selector {name!r}; registered selectors: {', '.join(list_selectors())}.")
-    return _REGISTRY[name](**kwargs)
-
-
-def list_selectors() -> list[str]:
-    """Names of all registered selectors, sorted."""
-    return sorted(_REGISTRY)
+# the contract's names: register_selector (a class decorator), get_selector(name, **kwargs), list_selectors()
+_REGISTRY: Registry[type[Selector]] = Registry(Selector, "selector")
+register_selector = _REGISTRY.register
+get_selector = _REGISTRY.build
+list_selectors = _REGISTRY.names
 
 
 def check_retain(retain: float) -> float:
@@ -76,7 +51,3 @@ def check_budget(budget: str) -> str:
     if budget not in BUDGETS:
         raise ValueError(f"budget={budget!r} is invalid; allowed values: {', '.join(map(repr, BUDGETS))}.")
     return budget
-
-
-def _qualified(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"

@@ -5,8 +5,12 @@ budget row. Inclusion probabilities are pi_t = min(1, c * x_t), x_t = max(h_t, m
 so that sum_t pi_t = k; tokens with pi_t = 1 are kept for certain. The other tokens are laid end to end
 in position order as intervals of length pi_t, and the k' remaining points u, u + 1, ..., u + k' - 1
 (u ~ U[0, 1) from the generator) pick the intervals they land in. Each token is then kept with
-probability exactly pi_t, exactly k tokens are kept, and the picks spread along the rollout. Weights
-w_t = 1 / pi_t make sum_t w_t * x_t an unbiased estimate of the sum over all valid tokens.
+probability exactly pi_t, exactly k tokens are kept, and the picks spread along the rollout.
+
+With importance weights, k is rounded at random: k = floor(retain * m) + 1 with probability
+frac(retain * m), so a rollout with floor(retain * m) = 0 still keeps a token sometimes. Each token's
+inclusion probability is then pi_t = (1 - f) * pi_t(k) + f * pi_t(k + 1) > 0, and weights w_t = 1 / pi_t
+make sum_t w_t * x_t an unbiased estimate of the sum over all valid tokens.
 """
 
 from __future__ import annotations
@@ -52,9 +56,23 @@ def systematic_pps(sizes: Tensor, k: Tensor, generator: torch.Generator | None) 
     return certain | hit, torch.where(certain, 1.0, cum - prev)
 
 
+def rounded_systematic_pps(
+    sizes: Tensor, target: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """`systematic_pps` of k = floor(target) or floor(target) + 1 tokens (the second with probability
+    frac(target)), so E[k] = target. Returns keep bool and the marginal pi float64, `[R, C]`, `[R]`."""
+    k = torch.floor(target).long()
+    up = (target - k).clamp(0.0, 1.0)[:, None]  # [R, 1]
+    pi = (1 - up) * inclusion_probabilities(sizes, k) + up * inclusion_probabilities(sizes, k + 1)
+    draw_up = torch.rand(len(sizes), 1, generator=generator, device=sizes.device, dtype=torch.float64) < up
+    keep, _ = systematic_pps(sizes, k + draw_up[:, 0].long(), generator)
+    return keep, pi
+
+
 @register_selector
 class EntropySampling(Selector):
-    """k = floor(retain * m) tokens per rollout drawn with probability proportional to h_t (TIP §2.2).
+    """k = floor(retain * m) tokens per rollout drawn with probability proportional to h_t (TIP §2.2);
+    with importance weights, k is floor(retain * m) or one more (E[k] = retain * m: unbiased).
 
     Design: systematic PPS (see the module docstring), so pi_t = min(1, c * h_t) exactly.
 
@@ -62,7 +80,8 @@ class EntropySampling(Selector):
         retain: fraction of each rollout's valid tokens to keep, in (0, 1].
         importance_weights: return float weights 1 / pi_t at kept tokens (0 elsewhere) instead of a bool
             mask: sum_t w_t * loss_t is then an unbiased estimate of the all-token loss sum (App. A.3);
-            divide it by the valid-token count, not the kept count. Rows with k = 0 contribute nothing.
+            divide it by the valid-token count, not the kept count. k is then rounded at random (see the
+            module docstring), so a rollout with floor(retain * m) = 0 contributes too.
         min_entropy: floor on h_t so that zero-entropy tokens keep a small, nonzero chance (and finite
             weight); without it HT would be unbiased only over tokens with h_t > 0.
         budget: "rollout" (k per rollout) or "batch" (k over the flattened batch).
@@ -83,12 +102,15 @@ class EntropySampling(Selector):
         self.budget = check_budget(budget)
 
     def select(self, stats: TokenStats, generator: torch.Generator | None = None) -> Tensor:
-        sizes = torch.where(stats.valid, stats.entropy.clamp_min(self.min_entropy), 0.0)  # [R, C]
-        rows_valid = budget_rows(stats.valid, self.budget)
-        keep, pi = systematic_pps(
-            budget_rows(sizes, self.budget), budget_sizes(rows_valid, self.retain), generator
+        sizes = budget_rows(
+            torch.where(stats.valid, stats.entropy.clamp_min(self.min_entropy), 0.0), self.budget
         )
+        rows_valid = budget_rows(stats.valid, self.budget)  # [R', C']
         if not self.importance_weights:
+            keep, _ = systematic_pps(sizes, budget_sizes(rows_valid, self.retain), generator)
             return keep.reshape(stats.valid.shape)
+        m = rows_valid.sum(dim=1, dtype=torch.float64)
+        target = torch.maximum(self.retain * m, budget_sizes(rows_valid, self.retain).double())  # [R']
+        keep, pi = rounded_systematic_pps(sizes, target, generator)
         weights = torch.where(keep, 1.0 / pi.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
         return weights.float().reshape(stats.valid.shape)

@@ -65,7 +65,9 @@ class SoftOrTopK(TopK):
 
     def score(self, stats: TokenStats) -> Tensor:
         h, d = stats.entropy_hat, stats.rkl_hat
-        return h + d - h * d
+        # the same value as h + d - h * d, but exactly 1 whenever h or d is 1 (no float32 rounding
+        # below 1), so ties at the top stay ties and go to the earlier position
+        return 1 - (1 - h) * (1 - d)
 
 
 @register_selector

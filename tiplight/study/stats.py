@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-# two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: 1.96 is within 2%)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-         2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-         2.052, 2.048, 2.045, 2.042)
+from functools import cache
 
 
 @dataclass(frozen=True)
@@ -31,9 +27,17 @@ class Interval:
         return self.n > 1 and (self.low > 0 or self.high < 0)
 
 
+@cache
 def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` >= 1 degrees of freedom."""
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    """The 97.5% quantile of Student's t with ``df`` >= 1 degrees of freedom, solved from the exact tail
+    P(T > t) = I_{df / (df + t^2)}(df / 2, 1 / 2) / 2 (mpmath's regularised incomplete beta; sympy's own
+    dependency), to float precision for any ``df``: no table, no normal approximation."""
+    import mpmath
+
+    def excess(t: float):
+        return mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2 - 0.025
+
+    return float(mpmath.findroot(excess, (1.95, 12.8), solver="anderson"))
 
 
 def interval(values: list[float]) -> Interval:
