@@ -27,6 +27,9 @@ def test_counter_uniform_is_one_draw_per_row_and_a_pure_function_of_its_key():
     torch.testing.assert_close(a[2:], counter_uniform(0, torch.tensor([5]), position=7), rtol=0, atol=0)
     assert not torch.equal(a, counter_uniform(1, torch.tensor([3, 4, 5]), 7))
     assert not torch.equal(a, counter_uniform(0, torch.tensor([3, 4, 5]), 8))
+    # all positions at once are the same draws as one position at a time
+    table = counter_uniform(0, torch.tensor([3, 4, 5]), torch.arange(10))  # [R, C]
+    assert torch.equal(table[:, 7], a) and table.shape == (3, 10)
     # roughly uniform over keys and positions, strictly inside (0, 1), and no two draws alike
     big = torch.stack([counter_uniform(0, torch.arange(1000), position=p) for p in range(20)])  # [20, 1000]
     assert big.min() > 0 and big.max() < 1 and len(big.unique()) == big.numel()

@@ -124,13 +124,15 @@ def rollout_seeds(seed: int, keys: torch.Tensor) -> list[int]:
     return _fmix32((h * 0x85EBCA77 + 0x165667B1) & _MASK32).tolist()
 
 
-def counter_uniform(seed: int, keys: torch.Tensor, position: int) -> torch.Tensor:
-    """One uniform in (0, 1) per row ``[R]`` (float64, 52 random bits) that depends only on (seed, key of
-    the row, position)."""
+def counter_uniform(seed: int, keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    """Uniforms in (0, 1) (float64, 52 random bits) that depend only on (seed, key of the row, position):
+    ``[R]`` for one ``position``, ``[R, C]`` for positions ``[C]`` (the same values, all at once)."""
     h = _fmix32((keys.long() * 0x9E3779B1 + seed) & _MASK32)  # [R]
-    h = _fmix32((h * 0x85EBCA77 + position) & _MASK32)  # [R]
-    high = _fmix32((h + 0x27D4EB2F) & _MASK32) >> 6  # [R] 26 bits
-    low = _fmix32((h ^ 0x165667B1) & _MASK32) >> 6  # [R] 26 bits
+    if isinstance(position, torch.Tensor):
+        h, position = h[:, None], position.to(h.device).long()[None, :]  # [R, 1], [1, C]
+    h = _fmix32((h * 0x85EBCA77 + position) & _MASK32)  # [R] or [R, C]
+    high = _fmix32((h + 0x27D4EB2F) & _MASK32) >> 6  # 26 bits
+    low = _fmix32((h ^ 0x165667B1) & _MASK32) >> 6  # 26 bits
     return (((high << 26) | low).double() + 0.5) / float(1 << 52)
 
 
@@ -168,8 +170,9 @@ class CounterSampler(LogitsProcessor):
     """
 
     def __init__(self, sampling: Sampling, seed: int, keys: torch.Tensor, prompt_length: int, vocab_size: int):
-        self.sampling, self.seed, self.keys = sampling, seed, keys
-        self.prompt_length, self.vocab_size = prompt_length, vocab_size
+        self.sampling, self.prompt_length, self.vocab_size = sampling, prompt_length, vocab_size
+        # every position's uniform in one go: a decoding step then only reads its column
+        self.uniforms = counter_uniform(seed, keys, torch.arange(sampling.max_new_tokens))  # [R, C]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
@@ -178,8 +181,7 @@ class CounterSampler(LogitsProcessor):
             choice = scores.argmax(-1)
         else:
             position = input_ids.shape[1] - self.prompt_length
-            u = counter_uniform(self.seed, self.keys, position)  # [R]
-            choice = inverse_cdf_sample(filter_logits(scores, self.sampling), u)
+            choice = inverse_cdf_sample(filter_logits(scores, self.sampling), self.uniforms[:, position])
         return out.scatter(1, choice[:, None], 0.0)
 
 
