@@ -279,9 +279,8 @@ def summarise(framework: str, job: Job, clock: Clock) -> dict:
             phases[name].append(value)
     medians = {name: [statistics.median(v[i] for v in values) for i in range(2)] for name, values in phases.items()}
     tokens = clock.tokens[job.warmup :]
-    wall = sum(s["step"][0] for s in steps)
     return {"framework": framework, "shape": job.shape, "steps": len(steps), "phases": medians,
-            "tokens_per_step": statistics.mean(tokens), "tokens_per_s": sum(tokens) / wall,
+            "tokens_per_step": statistics.mean(tokens), "tokens_per_s": statistics.mean(tokens) / medians["step"][0],  # per median step, as the table
             "startup_s": (clock.first_step_at or clock.start) - clock.start, "peak_mib": peak_memory_mib(job.device),
             "loss_first": clock.losses[0], "loss_last": clock.losses[-1], "torch": torch.__version__}
 
