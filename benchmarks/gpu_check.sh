@@ -20,6 +20,14 @@ timeout 900 python benchmarks/step_memory.py --student qwen3-1.7b --teacher qwen
   --retains 1.0,0.1 --lora-retains 1.0 --steps 2 --no-rollout > "$OUT/step_memory.md" 2> "$OUT/step_memory.log" \
   || { echo "step_memory failed:"; tail -30 "$OUT/step_memory.log"; }
 tail -8 "$OUT/step_memory.md"
+# Issue 26 (~3 min): whole on-policy steps at Qwen3-0.6B's real shape (28 layers, vocabulary 151,936), tiplight vs
+# the naive loop (and TRL's GKDTrainer where TRL_PYTHON names an interpreter that has trl), and the sampler's cost.
+timeout 120 python benchmarks/sampler_speed.py --device cuda > "$OUT/sampler_speed.md" 2>&1 \
+  || { echo "sampler_speed failed:"; tail -30 "$OUT/sampler_speed.md"; }
+timeout 600 python benchmarks/peer_step.py --shape qwen3 --device cuda --steps 5 --warmup 1 --threads 4 \
+  ${TRL_PYTHON:+--trl-python "$TRL_PYTHON"} > "$OUT/peer_step_qwen3.md" 2> "$OUT/peer_step.log" \
+  || { echo "peer_step failed:"; tail -30 "$OUT/peer_step.log"; }
+tail -6 "$OUT/peer_step_qwen3.md" "$OUT/sampler_speed.md"
 [ -f "$MODELS/teacher/config.json" ] || python benchmarks/gpu_check.py build "$MODELS"
 for retain in 1.0 0.5 0.2 0.1; do
   timeout 240 python benchmarks/gpu_check.py run "$MODELS" "$retain" "$OUT/retain_$retain.json" \

@@ -4,7 +4,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tiplight.rollout import HFGenerate, Sampling, completion_mask, counter_uniform, filter_logits
+from tiplight.rollout import (
+    HFGenerate,
+    Sampling,
+    completion_mask,
+    counter_uniform,
+    filter_logits,
+    inverse_cdf_sample,
+)
 
 
 def test_completion_mask_includes_first_eos_only():
@@ -14,16 +21,29 @@ def test_completion_mask_includes_first_eos_only():
     assert completion_mask(torch.tensor([[5, 9, 6]]), [2, 9]).tolist() == [[1, 1, 0]]
 
 
-def test_counter_uniform_is_a_pure_function_of_its_key():
-    a = counter_uniform(0, torch.tensor([3, 4, 5]), position=7, vocab=50)
-    b = counter_uniform(0, torch.tensor([5]), position=7, vocab=50)
-    torch.testing.assert_close(a[2], b[0])
-    assert not torch.equal(a[0], a[1])
-    assert not torch.equal(a, counter_uniform(1, torch.tensor([3, 4, 5]), 7, 50))
-    assert a.min() > 0 and a.max() < 1
-    # roughly uniform
-    big = counter_uniform(0, torch.arange(200), position=0, vocab=500)
-    assert abs(big.mean().item() - 0.5) < 0.01
+def test_counter_uniform_is_one_draw_per_row_and_a_pure_function_of_its_key():
+    a = counter_uniform(0, torch.tensor([3, 4, 5]), position=7)
+    assert a.shape == (3,) and a.dtype == torch.float64  # one draw per row, not one per vocabulary entry
+    torch.testing.assert_close(a[2:], counter_uniform(0, torch.tensor([5]), position=7), rtol=0, atol=0)
+    assert not torch.equal(a, counter_uniform(1, torch.tensor([3, 4, 5]), 7))
+    assert not torch.equal(a, counter_uniform(0, torch.tensor([3, 4, 5]), 8))
+    # all positions at once are the same draws as one position at a time
+    table = counter_uniform(0, torch.tensor([3, 4, 5]), torch.arange(10))  # [R, C]
+    assert torch.equal(table[:, 7], a) and table.shape == (3, 10)
+    # roughly uniform over keys and positions, strictly inside (0, 1), and no two draws alike
+    big = torch.stack([counter_uniform(0, torch.arange(1000), position=p) for p in range(20)])  # [20, 1000]
+    assert big.min() > 0 and big.max() < 1 and len(big.unique()) == big.numel()
+    assert abs(big.mean().item() - 0.5) < 0.01 and abs((big < 0.1).double().mean().item() - 0.1) < 0.01
+
+
+def test_inverse_cdf_sample_follows_the_softmax_and_never_picks_a_removed_token():
+    scores = torch.log(torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]])).expand(20000, -1)  # [R, V], -inf at 0s
+    u = counter_uniform(0, torch.arange(20000), position=0)
+    counts = torch.bincount(inverse_cdf_sample(scores, u), minlength=6)
+    assert counts[[0, 2, 5]].sum() == 0
+    torch.testing.assert_close(counts[[1, 3, 4]] / 20000, torch.tensor([0.5, 0.3, 0.2]), atol=0.015, rtol=0)
+    # the extremes of u pick the first and the last token that can be drawn
+    assert inverse_cdf_sample(scores[:2], torch.tensor([2.0**-52, 1.0], dtype=torch.float64)).tolist() == [1, 4]
 
 
 def test_filter_logits_top_k_and_top_p():

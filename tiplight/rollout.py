@@ -1,6 +1,6 @@
 """Student rollouts: sampling that is reproducible per rollout, and the completion mask.
 
-Sampling draws the Gumbel-max trick from a counter-based hash of (seed, rollout key, position, token),
+Sampling inverts each row's CDF at one uniform from a counter-based hash of (seed, rollout key, position),
 so a rollout depends only on its own key and never on the batch it shares, the number of ranks, or the
 global RNG. Runs therefore reproduce exactly, resume exactly, and give the same rollouts on 1 or N
 processes. The engine sits behind ``RolloutEngine`` so that a faster one (vLLM) can be plugged in.
@@ -140,15 +140,26 @@ def rollout_seeds(seed: int, keys: torch.Tensor) -> list[int]:
     return _fmix32((h * 0x85EBCA77 + 0x165667B1) & _MASK32).tolist()
 
 
-def counter_uniform(seed: int, keys: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
-    """Uniforms in (0, 1) ``[R, V]`` that depend only on (seed, key of row, position, token id)."""
-    device = keys.device
+def counter_uniform(seed: int, keys: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+    """Uniforms in (0, 1) (float64, 52 random bits) that depend only on (seed, key of the row, position):
+    ``[R]`` for one ``position``, ``[R, C]`` for positions ``[C]`` (the same values, all at once)."""
     h = _fmix32((keys.long() * 0x9E3779B1 + seed) & _MASK32)  # [R]
-    h = _fmix32((h * 0x85EBCA77 + position) & _MASK32)  # [R]
-    tokens = torch.arange(vocab, device=device, dtype=torch.long)  # [V]
-    h = _fmix32((h[:, None] ^ (tokens[None, :] * 0xC2B2AE3D & _MASK32)) & _MASK32)  # [R, V]
-    h = _fmix32((h + 0x27D4EB2F) & _MASK32)
-    return ((h >> 8).double() + 0.5) / float(1 << 24)
+    if isinstance(position, torch.Tensor):
+        h, position = h[:, None], position.to(h.device).long()[None, :]  # [R, 1], [1, C]
+    h = _fmix32((h * 0x85EBCA77 + position) & _MASK32)  # [R] or [R, C]
+    high = _fmix32((h + 0x27D4EB2F) & _MASK32) >> 6  # 26 bits
+    low = _fmix32((h ^ 0x165667B1) & _MASK32) >> 6  # 26 bits
+    return (((high << 26) | low).double() + 0.5) / float(1 << 52)
+
+
+def inverse_cdf_sample(scores: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids ``[R]`` drawn from ``softmax(scores)`` ``[R, V]`` (``-inf`` = never) at uniforms ``u`` ``[R]``.
+
+    Token i is chosen when ``cdf[i-1] < u * cdf[-1] <= cdf[i]``, which happens with probability ``p_i``: a
+    token of probability 0 is never chosen. Each row's draw reads only that row."""
+    cdf = scores.softmax(-1).double().cumsum(-1)  # [R, V]
+    target = (u.to(cdf.device) * cdf[:, -1])[:, None]  # [R, 1]
+    return torch.searchsorted(cdf, target, side="left")[:, 0]
 
 
 def filter_logits(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
@@ -168,15 +179,16 @@ def filter_logits(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
 
 
 class CounterSampler(LogitsProcessor):
-    """Samples each row with the Gumbel-max trick on counter-based noise and leaves only that token.
+    """Samples each row at its counter-based uniform (``inverse_cdf_sample``) and leaves only that token.
 
     Used with ``do_sample=False``: generate's argmax then picks the sampled token. Token ids at or above
     ``vocab_size`` (padding rows of a padded embedding) are never produced.
     """
 
     def __init__(self, sampling: Sampling, seed: int, keys: torch.Tensor, prompt_length: int, vocab_size: int):
-        self.sampling, self.seed, self.keys = sampling, seed, keys
-        self.prompt_length, self.vocab_size = prompt_length, vocab_size
+        self.sampling, self.prompt_length, self.vocab_size = sampling, prompt_length, vocab_size
+        # every position's uniform in one go: a decoding step then only reads its column
+        self.uniforms = counter_uniform(seed, keys, torch.arange(sampling.max_new_tokens))  # [R, C]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
@@ -185,9 +197,7 @@ class CounterSampler(LogitsProcessor):
             choice = scores.argmax(-1)
         else:
             position = input_ids.shape[1] - self.prompt_length
-            u = counter_uniform(self.seed, self.keys, position, scores.shape[-1])  # [R, V]
-            gumbel = -torch.log(-torch.log(u))
-            choice = (filter_logits(scores, self.sampling).double() + gumbel).argmax(-1)
+            choice = inverse_cdf_sample(filter_logits(scores, self.sampling), self.uniforms[:, position])
         return out.scatter(1, choice[:, None], 0.0)
 
 
