@@ -69,3 +69,19 @@ def test_engine_follows_the_student_after_an_update(kind):
     n = int(after.completion_mask.sum())
     assert torch.equal(after.completion_ids[0, :n], argmax[:n])
     assert not torch.equal(after.completion_ids, greedy_before)
+
+
+def test_an_engine_handed_a_student_of_another_shape_rebuilds_for_it():
+    """One engine, two students of different vocabulary and width: each is scored as itself (a stale
+    engine would fail to load the second one's embedding, or score with the first one's shape)."""
+    from transformers import Qwen3Config
+
+    engine = vllm_engine()
+    toy_student = AutoModelForCausalLM.from_pretrained(toy.student_dir()).eval()
+    _assert_engine_matches(engine, toy_student)
+    config = Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256)
+    torch.manual_seed(0)
+    other = AutoModelForCausalLM.from_config(config).eval()
+    _assert_engine_matches(engine, other)
+    _assert_engine_matches(engine, toy_student)  # and back

@@ -66,6 +66,7 @@ class VLLMEngine(RolloutEngine):
         self.enforce_eager = enforce_eager
         self.sleep = sleep
         self.llm = None
+        self._built_for: dict | None = None  # the student config the engine was built from
         self._config_dir: tempfile.TemporaryDirectory | None = None
         self._synced_from: nn.Module | None = None  # the model whose current weights vLLM holds
 
@@ -74,9 +75,14 @@ class VLLMEngine(RolloutEngine):
         self._synced_from = None
 
     def sync(self, model: nn.Module) -> None:
-        """Load ``model``'s weights into vLLM unless it holds them already (a collective under FSDP2)."""
+        """Load ``model``'s weights into vLLM unless it holds them already (a collective under FSDP2). A
+        model of another shape than the one the engine was built for rebuilds it (one process only)."""
+        config = engine_config(model)
+        if self.llm is not None and _shape(config) != self._built_for:
+            self._shut_down()
         if self.llm is None:
-            self.llm = self._build(model)
+            self.llm = self._build(config, next(model.parameters()).dtype)
+            self._built_for = _shape(config)
         if self._synced_from is model:
             return
         if self.sleep:
@@ -97,14 +103,13 @@ class VLLMEngine(RolloutEngine):
             self.llm.sleep(level=2)
             self._synced_from = None
 
-    def _build(self, model: nn.Module):
+    def _build(self, config: PretrainedConfig, dtype: torch.dtype):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights sync in memory
         from vllm import LLM
 
         self._config_dir = tempfile.TemporaryDirectory(prefix="tiplight-vllm-")
-        engine_config(model).save_pretrained(self._config_dir.name)
-        dtype = next(model.parameters()).dtype
-        distributed = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        config.save_pretrained(self._config_dir.name)
+        distributed = _world_size() > 1
         eager = self.enforce_eager if self.enforce_eager is not None else not torch.cuda.is_available()
         return LLM(
             model=self._config_dir.name, runner="generate", load_format="dummy", skip_tokenizer_init=True,
@@ -114,6 +119,17 @@ class VLLMEngine(RolloutEngine):
             distributed_executor_backend="external_launcher" if distributed else None,
             **self.options,
         )
+
+    def _shut_down(self) -> None:
+        """Release the engine and the process group vLLM set up for itself (a training job's own group
+        cannot be torn down, so a distributed engine refuses a second shape instead)."""
+        if _world_size() > 1:
+            raise ValueError("VLLMEngine was handed a model of another shape than the student it was built for; "
+                             "under several processes one engine serves one student: give each model its own engine.")
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        self.llm = self._built_for = self._synced_from = None
+        cleanup_dist_env_and_memory()
 
     # --- generation ----------------------------------------------------------------------------------
     def _generate(self, model: nn.Module, request: RolloutRequest) -> Rollout:
@@ -153,6 +169,15 @@ class VLLMEngine(RolloutEngine):
         self._rest()
         return [torch.tensor([entry[token].logprob for token, entry in zip(seq[1:], o.prompt_logprobs[1:])])
                 for seq, o in zip(sequences, outputs)]
+
+
+def _shape(config: PretrainedConfig) -> dict:
+    """What vLLM builds from: the config without the directory it was read from."""
+    return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def engine_config(model: nn.Module) -> PretrainedConfig:
