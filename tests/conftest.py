@@ -11,6 +11,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N workers share the cores, one thread each
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"  # and the processes they start
+    torch.set_num_threads(1)
 
 CHARS = list("0123456789+-*/=()., abcdefghijklmnopqrstuvwxyz?\n\\{}")
 TOKENIZER_SIZE = len(CHARS) + 3  # + <pad>, <s>, </s>
