@@ -289,11 +289,3 @@ def _equal_symbolic(p, g) -> bool:
         return simplify(p - g) == 0
     return True
 
-
-def warm_imports() -> None:
-    """Import and exercise the parsers once, so a worker's first comparison runs at full speed."""
-    from tiplight.evals.equivalence import equivalent
-    from tiplight.evals.mathverify import verdict
-
-    equivalent("\\frac{\\sqrt{8}}{2}", "\\sqrt{2}", SympyComparator())
-    verdict("The answer is $\\boxed{x \\ge 1}$.", "[1, \\infty)")
