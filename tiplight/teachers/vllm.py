@@ -1,0 +1,175 @@
+"""Teachers served by vLLM's OpenAI-compatible server (``vllm serve``): top-k prompt log-probabilities,
+or the exact final hidden states from its pooling runner.
+
+``VLLMTopK`` asks ``/v1/completions`` with the rollout's token ids as the prompt and ``prompt_logprobs=k``:
+at every position vLLM returns its ``k`` most likely tokens and the token that is there (the one the student
+sampled), from the raw logits (no temperature). ``VLLMHidden`` asks ``/pooling`` of a server started with
+``--runner pooling --convert embed`` and token pooling ``ALL`` without activation: the final (normed) hidden
+state at every position, shipped as base64 float32; the teacher's ``lm_head`` is read from its checkpoint
+and held here, so every statistic and loss is the colocated teacher's. Start-up commands: README, "Teacher
+placement".
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tiplight.teachers.base import ServedTeacher, Span, register_teacher
+from tiplight.teachers.heads import TopKHead, load_lm_head
+from tiplight.teachers.http import TeacherServerError, malformed
+
+
+@register_teacher
+class VLLMTopK(ServedTeacher):
+    """The teacher's top-k log-probabilities (plus the sampled token's) from ``vllm serve``.
+
+    The teacher distribution the statistics and objectives see holds those log-probabilities exactly and
+    spreads the remaining mass evenly over the other tokens (the largest-entropy completion of what was
+    shipped; its top-k are the shipped ones). ``TopKDivergence(k)`` and ``SampledTokenPG`` read only shipped
+    values and are exact; full-vocabulary divergences and the statistics are those of that completion.
+    Token ids the tokenizer does not have (padded embedding rows) are dropped.
+
+    Args:
+        k: top tokens per position (the server needs ``--max-logprobs`` >= k).
+        url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency: see ``ServedTeacher``.
+    """
+
+    def __init__(self, url: str, model: str, k: int = 64, timeout_s: float = 120.0, retries: int = 3,
+                 backoff_s: float = 1.0, rows_per_request: int = 16, concurrency: int = 4) -> None:
+        if k < 1:
+            raise ValueError(f"model.teacher.k={k} is not allowed; use an integer >= 1.")
+        super().__init__(url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency)
+        self.k = k
+
+    @property
+    def width(self) -> int:
+        return TopKHead.width(self.k + 1)
+
+    def build_head(self, vocab_size: int) -> nn.Module:
+        return TopKHead(vocab_size)
+
+    def request(self, rows: list[Span]) -> tuple[str, dict[str, Any]]:
+        return "/v1/completions", {"model": self.model, "prompt": [r.tokens for r in rows], "max_tokens": 1,
+                                   "temperature": 0.0, "prompt_logprobs": self.k}
+
+    def check(self, vocab_size: int) -> None:
+        probe = [Span([0, vocab_size - 1], 1)]
+        try:
+            self.fetch(probe)
+        except TeacherServerError as error:
+            raise ValueError(f"the teacher served at {self.endpoint.url} does not take the student's vocabulary "
+                             f"of {vocab_size} tokens with prompt_logprobs={self.k} (start vllm serve with "
+                             f"--max-logprobs {self.k} or more): {error}") from None
+
+    def parse(self, answer: Any, rows: list[Span], url: str) -> list[torch.Tensor]:
+        choices = _choices(answer, len(rows), url)
+        return [self._row(choice.get("prompt_logprobs"), row, url) for choice, row in zip(choices, rows)]
+
+    def _row(self, entries: Any, row: Span, url: str) -> torch.Tensor:
+        """``[columns, 1 + 2m]`` packed rows (``TopKHead``'s layout) for one sequence's completion."""
+        if not isinstance(entries, list) or len(entries) != len(row.tokens):
+            raise malformed(url, f"prompt_logprobs for a {len(row.tokens)}-token prompt is not a list of that length")
+        m = self.k + 1
+        out = torch.empty(row.columns, TopKHead.width(m))
+        for column in range(row.columns):
+            position = row.offset + column
+            out[column] = self._position(entries[position], row.tokens[position], m, url)
+        return out
+
+    def _position(self, entry: Any, token: int, m: int, url: str) -> torch.Tensor:
+        try:
+            pairs = {int(t): float(v["logprob"]) for t, v in entry.items()}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise malformed(url, f"a prompt_logprobs entry is not {{token id: {{logprob: ...}}}} ({str(entry)[:80]})") from None
+        if token not in pairs or len(pairs) > m or not all(math.isfinite(v) and v <= 1e-4 for v in pairs.values()):
+            raise malformed(url, f"a prompt_logprobs entry lacks the sampled token {token}, has more than {m} "
+                                 "tokens, or holds a log-probability that is not finite and <= 0")
+        pairs = {t: min(v, 0.0) for t, v in pairs.items() if t < self.vocab_size}
+        return TopKHead.pack(pairs, m, self.vocab_size)
+
+
+@register_teacher
+class VLLMHidden(ServedTeacher):
+    """The teacher's exact full-vocabulary distribution: its final hidden states from vLLM's pooling runner,
+    its ``lm_head`` held on the student's side (read from the checkpoint ``head``).
+
+    Args:
+        head: the teacher checkpoint (hub id or directory) whose ``lm_head`` (or tied embedding) is loaded.
+        head_dtype: the head's dtype (float32, bfloat16, float16); hidden states arrive as float32.
+        url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency: see ``ServedTeacher``.
+    """
+
+    def __init__(self, url: str, model: str, head: str, head_dtype: str = "float32", timeout_s: float = 120.0,
+                 retries: int = 3, backoff_s: float = 1.0, rows_per_request: int = 16, concurrency: int = 4) -> None:
+        super().__init__(url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency)
+        self.head, self.head_dtype = head, head_dtype
+        self.hidden_size = 0
+
+    @property
+    def width(self) -> int:
+        return self.hidden_size
+
+    def build_head(self, vocab_size: int) -> nn.Module:
+        head = load_lm_head(self.head, vocab_size, self.head_dtype)
+        self.hidden_size = head.in_features
+        return head
+
+    def request(self, rows: list[Span]) -> tuple[str, dict[str, Any]]:
+        # the last token predicts nothing: each sequence is sent without it (as completion_hidden does)
+        return "/pooling", {"model": self.model, "input": [r.tokens[:-1] for r in rows], "task": "token_embed",
+                            "use_activation": False, "encoding_format": "base64", "embed_dtype": "float32",
+                            "endianness": "little"}
+
+    def check(self, vocab_size: int) -> None:
+        try:
+            self.fetch([Span([0, vocab_size - 1, 0], 1)])
+        except TeacherServerError as error:
+            raise ValueError(f"the teacher served at {self.endpoint.url} does not return {self.hidden_size}-wide "
+                             f"final hidden states for the student's vocabulary of {vocab_size} tokens (is it "
+                             f"the checkpoint model.teacher.head={self.head!r}, started with the pooling flags "
+                             f"of the README?): {error}") from None
+
+    def parse(self, answer: Any, rows: list[Span], url: str) -> list[torch.Tensor]:
+        items = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(items, list) or len(items) != len(rows):
+            raise malformed(url, f"expected {len(rows)} pooling results, got {type(items).__name__}")
+        out = []
+        for item, row in zip(sorted(items, key=_index), rows):
+            hidden = _floats(item.get("data") if isinstance(item, dict) else None, url)
+            if hidden.size != (len(row.tokens) - 1) * self.width:
+                raise malformed(url, f"{hidden.size} floats for {len(row.tokens) - 1} positions of width {self.width}")
+            hidden = torch.from_numpy(hidden.reshape(len(row.tokens) - 1, self.width))
+            if not torch.isfinite(hidden).all():
+                raise malformed(url, "hidden states that are not finite")
+            out.append(hidden[row.offset - 1 : row.offset - 1 + row.columns])  # [columns, d]
+        return out
+
+
+def _index(item: Any) -> int:
+    return item.get("index", 0) if isinstance(item, dict) else 0
+
+
+def _floats(data: Any, url: str) -> np.ndarray:
+    if not isinstance(data, str):
+        raise malformed(url, "pooling data is not a base64 string")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise malformed(url, "pooling data is not valid base64") from None
+    if len(raw) % 4:
+        raise malformed(url, f"{len(raw)} bytes is no whole number of float32 values")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
+
+def _choices(answer: Any, count: int, url: str) -> list[dict[str, Any]]:
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or len(choices) != count or not all(isinstance(c, dict) for c in choices):
+        raise malformed(url, f"expected {count} choices")
+    return sorted(choices, key=_index)
+
