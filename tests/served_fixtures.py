@@ -51,7 +51,8 @@ class FakeVLLM:
             return {"choices": [{"index": i, "prompt_logprobs": self.prompt_logprobs(p, body["prompt_logprobs"])}
                                 for i, p in enumerate(body["prompt"])]}
         if path == "/pooling":
-            return {"data": [{"index": i, "data": self.hidden(ids)} for i, ids in enumerate(body["input"])]}
+            dtype = getattr(torch, body.get("embed_dtype", "float32"))
+            return {"data": [{"index": i, "data": self.hidden(ids, dtype)} for i, ids in enumerate(body["input"])]}
         raise KeyError(path)
 
     @torch.no_grad()
@@ -73,10 +74,10 @@ class FakeVLLM:
         return out
 
     @torch.no_grad()
-    def hidden(self, ids: list[int]) -> str:
+    def hidden(self, ids: list[int], dtype: torch.dtype) -> str:
         x = torch.tensor([ids])
         h = self.teacher.get_decoder()(input_ids=x, position_ids=position_ids(torch.ones_like(x))).last_hidden_state
-        return base64.b64encode(h[0].float().numpy().astype("<f4").tobytes()).decode()
+        return base64.b64encode(h[0].to(dtype).contiguous().view(torch.uint8).numpy().tobytes()).decode()
 
     # --- the HTTP side -------------------------------------------------------------------------------
     def _handler(self):

@@ -64,62 +64,66 @@ def served(cls, url: str, tokenizer, **kwargs):
 
 
 def direct_teacher_logprobs(teacher, r: Rollout) -> torch.Tensor:
-    """``[R, C, V]`` the rebuilt teacher distribution by its definition: the top-k and the sampled token's
-    log-probabilities, the remaining mass spread evenly over the other tokens."""
+    """``[N, V]`` at valid positions: the rebuilt teacher distribution by its definition, from ``teacher``'s
+    own logits: the top-k and the sampled token's log-probabilities, the remaining mass spread evenly."""
     logits = teacher(input_ids=r.input_ids, attention_mask=r.attention_mask,
                      position_ids=(r.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
-    logp = logits[:, r.prompt_length - 1 : -1].log_softmax(-1)  # [R, C, V]
+    logp = logits[:, r.prompt_length - 1 : -1].log_softmax(-1)[r.completion_mask]  # [N, V]
     out = torch.empty_like(logp)
-    for i, j in r.completion_mask.nonzero().tolist():
-        known = set(logp[i, j].topk(K).indices.tolist()) | {int(r.completion_ids[i, j])}
-        index = torch.tensor(sorted(known))
-        rest = (1 - logp[i, j, index].exp().sum()) / (logp.shape[-1] - len(index))
-        out[i, j] = rest.log()
-        out[i, j, index] = logp[i, j, index]
+    for i, token in enumerate(r.completion_ids[r.completion_mask].tolist()):
+        index = torch.tensor(sorted(set(logp[i].topk(K).indices.tolist()) | {token}))
+        out[i] = ((1 - logp[i, index].exp().sum()) / (logp.shape[-1] - len(index))).log()
+        out[i, index] = logp[i, index]
     return out
 
 
+def student_logprobs(student, r: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log-probabilities ``[N, V]`` and final hidden states ``[N, d]`` at valid positions."""
+    ids, mask = r.input_ids[:, :-1], r.attention_mask[:, :-1]
+    hidden = student.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+                                   ).last_hidden_state[:, r.prompt_length - 1 :][r.completion_mask]
+    return student.get_output_embeddings()(hidden)[:, :TOKENIZER_SIZE].log_softmax(-1), hidden
+
+
 @torch.no_grad()
-def test_top_k_statistics_and_losses_equal_a_direct_computation(models, fake):
-    r, tok = rollout(), models["tokenizer"]
-    teacher = served(VLLMTopK, fake.url, tok, k=K)
-    student, valid = models["student"], r.completion_mask
-    q = direct_teacher_logprobs(models["teacher"], r)[valid]  # [N, V]
-    s_logits = student(input_ids=r.input_ids, attention_mask=r.attention_mask,
-                       position_ids=(r.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
-    p = s_logits[:, r.prompt_length - 1 : -1, :TOKENIZER_SIZE].log_softmax(-1)[valid]  # [N, V]
+def check_top_k_path(student, teacher: VLLMTopK, r: Rollout, q: torch.Tensor, tol: float = 1e-5) -> None:
+    """Statistics, ``TopKDivergence`` and ``SampledTokenPG`` through ``score`` and ``selected_loss_sum`` with
+    ``teacher`` equal their formulas written out against the teacher distribution ``q`` ``[N, V]``."""
+    p, hidden = student_logprobs(student, r)  # [N, V], [N, d]
     parts = score(student, teacher, r, micro_batch_size=2, vocab_size=TOKENIZER_SIZE, chunk_size=3,
                   objective=ReverseKL())
-    rkl = torch.cat([part.raw.rkl[part.rollout.completion_mask] for part in parts])
-    fkl = torch.cat([part.raw.fkl[part.rollout.completion_mask] for part in parts])
-    torch.testing.assert_close(rkl, (p.exp() * (p - q)).sum(-1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fkl, (q.exp() * (q - p)).sum(-1), atol=1e-5, rtol=1e-5)
-    shipped = torch.cat([part.teacher_hidden[part.rollout.completion_mask] for part in parts])  # [N, 1 + 2m]
-    hidden = torch.cat([student.get_decoder()(input_ids=part.rollout.input_ids[:, :-1],
-                                              attention_mask=part.rollout.attention_mask[:, :-1],
-                                              position_ids=(part.rollout.attention_mask[:, :-1].cumsum(-1) - 1).clamp(min=0),
-                                              ).last_hidden_state[:, 3:][part.rollout.completion_mask] for part in parts])
-    tokens = r.completion_ids[valid]
+    valid = [part.rollout.completion_mask for part in parts]
+    rkl = torch.cat([part.raw.rkl[m] for part, m in zip(parts, valid)])
+    fkl = torch.cat([part.raw.fkl[m] for part, m in zip(parts, valid)])
+    torch.testing.assert_close(rkl, (p.exp() * (p - q)).sum(-1), atol=tol, rtol=tol)
+    torch.testing.assert_close(fkl, (q.exp() * (q - p)).sum(-1), atol=tol, rtol=tol)
+    shipped = torch.cat([part.teacher_hidden[m] for part, m in zip(parts, valid)])  # [N, 1 + 2m]
+    heads = (student.get_output_embeddings(), teacher.get_output_embeddings())
+    ones, tokens = torch.ones(len(hidden)), r.completion_ids[r.completion_mask]
     # TopKDivergence(k, tail): KL over the teacher's k shipped tokens and one bucket for the rest, by hand
     top = q.topk(K).indices
     s_k, t_k = p.gather(-1, top), q.gather(-1, top)
     s_k, t_k = (torch.cat([x, (1 - x.exp().sum(-1, keepdim=True)).log()], -1) for x in (s_k, t_k))
-    expected = (s_k.exp() * (s_k - t_k)).sum()
-    got = selected_loss_sum(hidden, shipped, torch.ones(len(hidden)), student.get_output_embeddings(),
-                            teacher.get_output_embeddings(), TopKDivergence(k=K), TOKENIZER_SIZE, 3)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    # SampledTokenPG (k1, ratio 1): -advantage = log P_S(token) - log P_T(token), the teacher's value shipped exactly
+    got = selected_loss_sum(hidden, shipped, ones, *heads, TopKDivergence(k=K), TOKENIZER_SIZE, 3)
+    torch.testing.assert_close(got, (s_k.exp() * (s_k - t_k)).sum(), atol=tol, rtol=tol)
+    # SampledTokenPG (k1, ratio 1): -advantage = log P_S(token) - log P_T(token), the teacher's value shipped
     t_token, s_token = q.gather(-1, tokens[:, None])[:, 0], p.gather(-1, tokens[:, None])[:, 0]
-    got = selected_loss_sum(hidden, shipped, torch.ones(len(hidden)), student.get_output_embeddings(),
-                            teacher.get_output_embeddings(), SampledTokenPG(), TOKENIZER_SIZE, 3,
+    got = selected_loss_sum(hidden, shipped, ones, *heads, SampledTokenPG(), TOKENIZER_SIZE, 3,
                             context=TokenContext(tokens))
-    torch.testing.assert_close(got, (s_token - t_token).sum(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, (s_token - t_token).sum(), atol=tol, rtol=tol)
+
+
+@torch.no_grad()
+def test_top_k_statistics_and_losses_equal_a_direct_computation(models, fake):
+    r = rollout()
+    teacher = served(VLLMTopK, fake.url, models["tokenizer"], k=K)
+    check_top_k_path(models["student"], teacher, r, direct_teacher_logprobs(models["teacher"], r))
     assert fake.bodies[-1]["prompt_logprobs"] == K and len(fake.bodies[-1]["prompt"]) <= 2
 
 
-def colocated_and_served(models, fake, objective):
+def colocated_and_served(models, fake, objective, **kwargs):
     r = rollout()
-    teacher = served(VLLMHidden, fake.url, models["tokenizer"], head=str(models["paths"]["padded"]))
+    teacher = served(VLLMHidden, fake.url, models["tokenizer"], head=str(models["paths"]["padded"]), **kwargs)
     kwargs = dict(micro_batch_size=2, vocab_size=TOKENIZER_SIZE, chunk_size=3, objective=objective)
     return score(models["student"], models["padded"], r, **kwargs), score(models["student"], teacher, r, **kwargs), teacher
 
@@ -137,7 +141,21 @@ def test_exact_path_equals_the_colocated_teacher(models):
             torch.testing.assert_close(getattr(b.raw, field)[mask], getattr(a.raw, field)[mask], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b.token_loss.loss[mask], a.token_loss.loss[mask], atol=1e-5, rtol=1e-5)
     traffic = teacher.traffic()
-    assert traffic["teacher/requests"] == 2 and traffic["teacher/bytes_per_token"] > 48 * 4  # float32 x d_t
+    assert traffic["teacher/requests"] == 2  # 3 rows, 2 a request
+    assert 48 * 4 * 4 / 3 <= traffic["teacher/bytes_per_position"] < 48 * 4 * 4 / 3 + 40  # base64 of float32 x d_t
+
+
+@torch.no_grad()
+def test_exact_path_in_bfloat16_on_the_wire_halves_the_bytes(models):
+    fake = FakeVLLM(models["padded"], models["tokenizer"])
+    try:
+        local, remote, teacher = colocated_and_served(models, fake, ReverseKL(), wire_dtype="bfloat16")
+    finally:
+        fake.close()
+    mask = local[0].rollout.completion_mask
+    assert remote[0].teacher_hidden.dtype == torch.bfloat16
+    torch.testing.assert_close(remote[0].raw.rkl[mask], local[0].raw.rkl[mask], atol=1e-2, rtol=1e-2)
+    assert 48 * 2 * 4 / 3 <= teacher.traffic()["teacher/bytes_per_position"] < 48 * 2 * 4 / 3 + 40  # base64, 2 B a value
 
 
 def test_every_served_teacher_is_registered():

@@ -57,23 +57,25 @@ def spans(rollout: Rollout) -> list[Span]:
 
 
 class Traffic:
-    """Requests, answer bytes and completion positions received since the last ``take`` (thread-safe)."""
+    """Requests, answer bytes, positions answered (every token of each sequence, the prompt's included)
+    and completion tokens among them since the last ``take`` (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests = self.bytes = self.positions = 0
+        self.counts = [0, 0, 0, 0]  # requests, bytes, sequence tokens, completion tokens
 
-    def add(self, size: int, positions: int) -> None:
+    def add(self, size: int, positions: int, rows: list[Span]) -> None:
         with self._lock:
-            self.requests, self.bytes, self.positions = self.requests + 1, self.bytes + size, self.positions + positions
+            new = (1, size, positions, sum(r.columns for r in rows))
+            self.counts = [a + b for a, b in zip(self.counts, new)]
 
     def take(self) -> dict[str, float]:
-        """``teacher/requests``, ``teacher/bytes`` and ``teacher/bytes_per_token`` since the last call."""
+        """``teacher/requests``, ``teacher/bytes``, ``teacher/bytes_per_token`` (per completion token) and
+        ``teacher/bytes_per_position`` (per sequence token) since the last call."""
         with self._lock:
-            out = {"teacher/requests": float(self.requests), "teacher/bytes": float(self.bytes),
-                   "teacher/bytes_per_token": self.bytes / max(self.positions, 1)}
-            self.requests = self.bytes = self.positions = 0
-        return out
+            (requests, size, positions, tokens), self.counts = self.counts, [0, 0, 0, 0]
+        return {"teacher/requests": float(requests), "teacher/bytes": float(size),
+                "teacher/bytes_per_token": size / max(tokens, 1), "teacher/bytes_per_position": size / max(positions, 1)}
 
 
 class Pending:
@@ -84,7 +86,7 @@ class Pending:
 
     def result(self) -> torch.Tensor:
         rows = [row for part in self.parts for row in part.result()]  # [n_i, D] each, in row order
-        out = torch.zeros(self.shape)  # [r, C, D]; columns past a row's end stay 0 (never valid)
+        out = torch.zeros(self.shape, dtype=rows[0].dtype)  # [r, C, D]; past a row's end: 0 (never valid)
         for i, row in enumerate(rows):
             out[i, : len(row)] = row[: self.shape[1]]
         return out.to(self.device)
@@ -190,8 +192,12 @@ class ServedTeacher(Plugin, ABC):
         path, body = self.request(rows)
         answer, size = post_json(self.endpoint, path, body)
         out = self.parse(answer, rows, self.endpoint.address(path))
-        self._traffic.add(size, sum(r.columns for r in rows))
+        self._traffic.add(size, self.positions(rows), rows)
         return out
+
+    def positions(self, rows: list[Span]) -> int:
+        """Positions the server answers for ``rows`` (each sequence's every token)."""
+        return sum(len(r.tokens) for r in rows)
 
     def traffic(self) -> dict[str, float]:
         """This process's requests and bytes received since the last call (logged once per step)."""

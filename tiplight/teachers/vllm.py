@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any
+import sys
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
 from tiplight.teachers.base import ServedTeacher, Span, register_teacher
 from tiplight.teachers.heads import TopKHead, load_lm_head
 from tiplight.teachers.http import TeacherServerError, malformed
+
+WIRE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+if sys.byteorder != "little":  # torch.frombuffer reads the machine's order; vLLM is asked for little-endian
+    raise ImportError("tiplight.teachers.vllm reads little-endian payloads; this machine is big-endian.")
 
 
 @register_teacher
@@ -101,14 +105,20 @@ class VLLMHidden(ServedTeacher):
 
     Args:
         head: the teacher checkpoint (hub id or directory) whose ``lm_head`` (or tied embedding) is loaded.
-        head_dtype: the head's dtype (float32, bfloat16, float16); hidden states arrive as float32.
+        head_dtype: the head's dtype (float32, bfloat16, float16).
+        wire_dtype: the hidden states' dtype on the wire (vLLM's ``embed_dtype``): float32, or half the bytes
+            in bfloat16 / float16, lossless when the server computes in that dtype (a bf16 teacher's).
         url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency: see ``ServedTeacher``.
     """
 
-    def __init__(self, url: str, model: str, head: str, head_dtype: str = "float32", timeout_s: float = 120.0,
+    def __init__(self, url: str, model: str, head: str, head_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+                 wire_dtype: Literal["float32", "bfloat16", "float16"] = "float32", timeout_s: float = 120.0,
                  retries: int = 3, backoff_s: float = 1.0, rows_per_request: int = 16, concurrency: int = 4) -> None:
         super().__init__(url, model, timeout_s, retries, backoff_s, rows_per_request, concurrency)
-        self.head, self.head_dtype = head, head_dtype
+        for name, value in (("head_dtype", head_dtype), ("wire_dtype", wire_dtype)):
+            if value not in WIRE:
+                raise ValueError(f"model.teacher.{name}={value!r} is not allowed; use one of {', '.join(WIRE)}.")
+        self.head, self.head_dtype, self.wire_dtype = head, head_dtype, wire_dtype
         self.hidden_size = 0
 
     @property
@@ -120,10 +130,13 @@ class VLLMHidden(ServedTeacher):
         self.hidden_size = head.in_features
         return head
 
+    def positions(self, rows: list[Span]) -> int:
+        return sum(len(r.tokens) - 1 for r in rows)
+
     def request(self, rows: list[Span]) -> tuple[str, dict[str, Any]]:
         # the last token predicts nothing: each sequence is sent without it (as completion_hidden does)
         return "/pooling", {"model": self.model, "input": [r.tokens[:-1] for r in rows], "task": "token_embed",
-                            "use_activation": False, "encoding_format": "base64", "embed_dtype": "float32",
+                            "use_activation": False, "encoding_format": "base64", "embed_dtype": self.wire_dtype,
                             "endianness": "little"}
 
     def check(self, vocab_size: int) -> None:
@@ -141,10 +154,10 @@ class VLLMHidden(ServedTeacher):
             raise malformed(url, f"expected {len(rows)} pooling results, got {type(items).__name__}")
         out = []
         for item, row in zip(sorted(items, key=_index), rows):
-            hidden = _floats(item.get("data") if isinstance(item, dict) else None, url)
-            if hidden.size != (len(row.tokens) - 1) * self.width:
-                raise malformed(url, f"{hidden.size} floats for {len(row.tokens) - 1} positions of width {self.width}")
-            hidden = torch.from_numpy(hidden.reshape(len(row.tokens) - 1, self.width))
+            hidden = _floats(item.get("data") if isinstance(item, dict) else None, WIRE[self.wire_dtype], url)
+            if hidden.numel() != (len(row.tokens) - 1) * self.width:
+                raise malformed(url, f"{hidden.numel()} values for {len(row.tokens) - 1} positions of width {self.width}")
+            hidden = hidden.view(len(row.tokens) - 1, self.width)
             if not torch.isfinite(hidden).all():
                 raise malformed(url, "hidden states that are not finite")
             out.append(hidden[row.offset - 1 : row.offset - 1 + row.columns])  # [columns, d]
@@ -155,16 +168,18 @@ def _index(item: Any) -> int:
     return item.get("index", 0) if isinstance(item, dict) else 0
 
 
-def _floats(data: Any, url: str) -> np.ndarray:
+def _floats(data: Any, dtype: torch.dtype, url: str) -> torch.Tensor:
+    """Little-endian values of ``dtype`` from base64 text, as a 1-d tensor."""
     if not isinstance(data, str):
         raise malformed(url, "pooling data is not a base64 string")
     try:
-        raw = base64.b64decode(data, validate=True)
+        raw = bytearray(base64.b64decode(data, validate=True))
     except ValueError:
         raise malformed(url, "pooling data is not valid base64") from None
-    if len(raw) % 4:
-        raise malformed(url, f"{len(raw)} bytes is no whole number of float32 values")
-    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    size = dtype.itemsize
+    if len(raw) % size:
+        raise malformed(url, f"{len(raw)} bytes is no whole number of {size}-byte values")
+    return torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
 
 
 def _choices(answer: Any, count: int, url: str) -> list[dict[str, Any]]:
