@@ -27,6 +27,7 @@ class FakeVLLM:
 
     def __init__(self, teacher, tokenizer, name: str = "teacher", slow_s: float = 2.0) -> None:
         self.teacher, self.tokenizer, self.name, self.slow_s = teacher.eval(), tokenizer, name, slow_s
+        self.max_model_len = 256
         self.script: deque[str] = deque()
         self.step_requests = 0
         self.bodies: list[dict] = []
@@ -89,7 +90,7 @@ class FakeVLLM:
 
             def do_GET(self) -> None:
                 if self.path == "/v1/models":
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": fake.name}]}).encode())
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": fake.name, "max_model_len": fake.max_model_len}]}).encode())
                 else:
                     self._send(404, b'{"error": "not found"}')
 

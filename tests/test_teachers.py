@@ -175,6 +175,21 @@ def test_start_up_refuses_another_model_name_tokenizer_or_a_smaller_vocabulary(m
         VLLMTopK(url=fake.url, model="teacher").connect(tok, TOKENIZER_SIZE + 1)
 
 
+def test_start_up_refuses_rollouts_longer_than_the_servers_context(tiny, prompts_file, tmp_path, capsys):
+    fake = FakeVLLM(AutoModelForCausalLM.from_pretrained(tiny["teacher"]), AutoTokenizer.from_pretrained(tiny["teacher"]))
+    fake.max_model_len = 64
+    try:
+        code = run(served_config(tmp_path, tiny, prompts_file, fake.url, steps=1))
+    finally:
+        fake.close()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last == (f"tiplight: error: the teacher served at {fake.url} takes at most 64 tokens a "
+                                  "sequence but rollouts reach 71 (data.max_prompt_tokens + model.sampling."
+                                  "max_new_tokens + 1); start it with --max-model-len 71 or more, or shorten "
+                                  "the rollouts."), last
+    assert fake.step_requests == 1  # the start-up probe only
+
+
 def test_bad_settings_are_one_sentence():
     with pytest.raises(ValueError, match="model.teacher.url='teacher:8000' is not allowed; give http://host:port."):
         VLLMTopK(url="teacher:8000", model="t")
@@ -189,6 +204,8 @@ def test_server_errors_are_retried_a_bounded_number_of_times(models, fake):
     fake.script.extend(["503", "503"])
     rows = teacher.submit(rollout().rows(slice(0, 1))).result()
     assert fake.step_requests == 3 and rows.shape == (1, 6, 1 + 2 * (K + 1))
+    traffic = teacher.traffic()
+    assert traffic["teacher/requests"] == 1 and traffic["teacher/wait_s"] > 0  # answered requests only
     fake.step_requests = 0
     fake.script.extend(["503"] * 3)
     with pytest.raises(TeacherServerError, match=rf"^the served teacher at {fake.url}/v1/completions failed 3 times "
@@ -229,6 +246,7 @@ def served_config(tmp_path: Path, tiny, prompts_file, url: str, steps: int) -> P
                                   "init_args": {"url": url, "model": "teacher", "k": K, "retries": 1, "backoff_s": 0.01,
                                                 "rows_per_request": 2}}
     config["model"]["objective"] = {"class_path": "TopKDivergence", "init_args": {"k": K}}
+    config["data"]["init_args"]["max_prompt_tokens"] = 64  # within the server's --max-model-len
     config["trainer"].update(max_steps=steps, limit_val_batches=0, logger=False)
     config["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                                            "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 1}})

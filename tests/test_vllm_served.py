@@ -123,6 +123,7 @@ def served_fit_config(tmp_path, tiny, prompts_file, url: str, steps: int, name: 
                                   "init_args": {"url": url, "model": "teacher", "k": K, "retries": 1,
                                                 "backoff_s": 0.1, "timeout_s": 30}}
     config["model"]["objective"] = {"class_path": "TopKDivergence", "init_args": {"k": K}}
+    config["data"]["init_args"]["max_prompt_tokens"] = 64  # within the server's --max-model-len
     config["trainer"].update(max_steps=steps, limit_val_batches=0, logger={
         "class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path), "name": "opd"}})
     config["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",

@@ -234,6 +234,10 @@ class DistillModule(L.LightningModule):
         if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
             raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
                              "model.lr_schedule: constant).")
+        if self.served_teacher is not None:  # +1: vLLM answers prompt log-probabilities with one new token
+            prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
+            self.served_teacher.check_length(prompt + self.sampling.max_new_tokens + 1,
+                                             "data.max_prompt_tokens + model.sampling.max_new_tokens + 1")
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])

@@ -14,6 +14,7 @@ runs its forward; a micro-batch's rows are sent ``rows_per_request`` at a time.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,30 +63,35 @@ class Traffic:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.counts = [0, 0, 0, 0]  # requests, bytes, sequence tokens, completion tokens
+        self.counts = [0, 0, 0, 0, 0.0]  # requests, bytes, sequence tokens, completion tokens, wait seconds
 
-    def add(self, size: int, positions: int, rows: list[Span]) -> None:
+    def add(self, size: int = 0, positions: int = 0, rows: list[Span] = (), wait_s: float = 0.0) -> None:
         with self._lock:
-            new = (1, size, positions, sum(r.columns for r in rows))
+            new = (1 if size else 0, size, positions, sum(r.columns for r in rows), wait_s)
             self.counts = [a + b for a, b in zip(self.counts, new)]
 
     def take(self) -> dict[str, float]:
-        """``teacher/requests``, ``teacher/bytes``, ``teacher/bytes_per_token`` (per completion token) and
-        ``teacher/bytes_per_position`` (per sequence token) since the last call."""
+        """``teacher/requests``, ``teacher/bytes``, ``teacher/bytes_per_token`` (per completion token),
+        ``teacher/bytes_per_position`` (per sequence token) and ``teacher/wait_s`` (time training waited
+        for answers after its own forwards: 0 when the server kept up) since the last call."""
         with self._lock:
-            (requests, size, positions, tokens), self.counts = self.counts, [0, 0, 0, 0]
+            (requests, size, positions, tokens, wait), self.counts = self.counts, [0, 0, 0, 0, 0.0]
         return {"teacher/requests": float(requests), "teacher/bytes": float(size),
-                "teacher/bytes_per_token": size / max(tokens, 1), "teacher/bytes_per_position": size / max(positions, 1)}
+                "teacher/bytes_per_token": size / max(tokens, 1),
+                "teacher/bytes_per_position": size / max(positions, 1), "teacher/wait_s": wait}
 
 
 class Pending:
     """The teacher tensor of one submitted micro-batch, ``[r, C, D]``, once its requests are answered."""
 
-    def __init__(self, parts: list[Future], shape: tuple[int, int, int], device: torch.device) -> None:
-        self.parts, self.shape, self.device = parts, shape, device
+    def __init__(self, parts: list[Future], shape: tuple[int, int, int], device: torch.device,
+                 traffic: Traffic) -> None:
+        self.parts, self.shape, self.device, self.traffic = parts, shape, device, traffic
 
     def result(self) -> torch.Tensor:
+        start = time.perf_counter()
         rows = [row for part in self.parts for row in part.result()]  # [n_i, D] each, in row order
+        self.traffic.add(wait_s=time.perf_counter() - start)
         out = torch.zeros(self.shape, dtype=rows[0].dtype)  # [r, C, D]; past a row's end: 0 (never valid)
         for i, row in enumerate(rows):
             out[i, : len(row)] = row[: self.shape[1]]
@@ -116,6 +122,7 @@ class ServedTeacher(Plugin, ABC):
         self.endpoint = Endpoint(url, timeout_s, retries, backoff_s)
         self.model, self.rows_per_request, self.concurrency = model, rows_per_request, concurrency
         self.vocab_size = 0
+        self.max_model_len: int | None = None
         self._head: nn.Module | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._traffic = Traffic()
@@ -133,12 +140,20 @@ class ServedTeacher(Plugin, ABC):
     def check_model(self) -> None:
         answer, _ = post_json(self.endpoint, "/v1/models")
         try:
-            served = [entry["id"] for entry in answer["data"]]
+            served = {entry["id"]: entry for entry in answer["data"]}
         except (KeyError, TypeError):
             raise malformed(self.endpoint.address("/v1/models"), "no model list") from None
         if self.model not in served:
             raise ValueError(f"model.teacher.model={self.model!r} is not served at {self.endpoint.url}; it serves "
                              f"{', '.join(map(repr, served))}.")
+        self.max_model_len = served[self.model].get("max_model_len")
+
+    def check_length(self, tokens: int, what: str) -> None:
+        """Sequences of ``tokens`` (``what`` says which settings give them) fit the server's context."""
+        if self.max_model_len is not None and tokens > self.max_model_len:
+            raise ValueError(f"the teacher served at {self.endpoint.url} takes at most {self.max_model_len} tokens "
+                             f"a sequence but rollouts reach {tokens} ({what}); start it with --max-model-len "
+                             f"{tokens} or more, or shorten the rollouts.")
 
     def check_tokenizer(self, tokenizer: Any) -> None:
         """The server's tokenizer encodes a probe text as the student's does."""
@@ -186,7 +201,7 @@ class ServedTeacher(Plugin, ABC):
         batches = [rows[i : i + self.rows_per_request] for i in range(0, len(rows), self.rows_per_request)]
         parts = [self._pool.submit(self.fetch, batch) for batch in batches]
         shape = (len(rows), rollout.completion_mask.shape[1], self.width)
-        return Pending(parts, shape, rollout.input_ids.device)
+        return Pending(parts, shape, rollout.input_ids.device, self._traffic)
 
     def fetch(self, rows: list[Span]) -> list[torch.Tensor]:
         path, body = self.request(rows)

@@ -87,8 +87,8 @@ def _once(url: str, payload: dict[str, Any] | None, timeout_s: float) -> tuple[A
         detail = error.read()[:300].decode(errors="replace")
         if error.code >= 500:
             raise _Retryable(f"HTTP {error.code}: {detail}") from None
-        raise TeacherServerError(f"the served teacher at {url} refused the request with HTTP {error.code}: "
-                                 f"{detail}") from None
+        raise TeacherServerError(f"the served teacher at {url} refused the request with HTTP {error.code} "
+                                 f"({detail.strip()}); the step was not taken.") from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
         reason = getattr(error, "reason", error)
         raise _Retryable(f"no answer within {timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError))
