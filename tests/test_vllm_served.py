@@ -17,6 +17,7 @@ from conftest import TOKENIZER_SIZE, build_model, build_tokenizer
 from engines import needs_vllm
 from served_vllm import VLLMServer
 from test_cli import write_config
+from test_estimate_memory import estimate_memory
 from test_teachers import K, check_top_k_path, rollout
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -25,6 +26,7 @@ from tiplight.passes import score
 from tiplight.teachers import VLLMHidden, VLLMTopK
 
 pytestmark = needs_vllm
+topk_json_bytes = estimate_memory.topk_json_bytes
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +79,10 @@ def test_exact_path_equals_the_colocated_teacher(teachers, hidden_server, studen
             torch.testing.assert_close(getattr(b.raw, field)[mask], getattr(a.raw, field)[mask], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b.token_loss.loss[mask], a.token_loss.loss[mask], atol=1e-5, rtol=1e-5)
     traffic = served.traffic()
-    print(f"served exact (d=64): {traffic['teacher/requests']:.0f} requests, "
-          f"{traffic['teacher/bytes_per_token']:.0f} bytes per completion token")
+    print(f"served exact (d=64): {traffic['teacher/requests']:.0f} requests, {traffic['teacher/bytes_per_token']:.0f} "
+          f"bytes per completion token, {traffic['teacher/bytes_per_position']:.0f} per position (base64 of "
+          f"64 float32: {64 * 4 * 4 / 3:.0f})")
+    assert 64 * 4 * 4 / 3 <= traffic["teacher/bytes_per_position"] < 64 * 4 * 4 / 3 + 60
 
 
 @torch.no_grad()
@@ -102,8 +106,11 @@ def test_top_k_path_equals_a_direct_computation_from_the_shipped_log_probabiliti
     torch.testing.assert_close(shipped[:, 1 : 1 + m], reference.gather(-1, ids), atol=1e-4, rtol=1e-4)
     assert (reference.topk(K).indices.sort().values == q.topk(K).indices.sort().values).all()
     traffic = served.traffic()
-    print(f"served top-{K}: {traffic['teacher/requests']:.0f} requests, "
-          f"{traffic['teacher/bytes_per_token']:.0f} bytes per completion token")
+    estimated = topk_json_bytes(K, TOKENIZER_SIZE, token_chars=1)  # what estimate_memory.py sizes it by
+    print(f"served top-{K}: {traffic['teacher/requests']:.0f} requests, {traffic['teacher/bytes_per_token']:.0f} "
+          f"bytes per completion token, {traffic['teacher/bytes_per_position']:.0f} per position "
+          f"(estimate_memory.py: {estimated:.0f} + each answer's own fields)")
+    assert estimated < traffic["teacher/bytes_per_position"] < 1.5 * estimated
 
 
 def dense(shipped: torch.Tensor) -> torch.Tensor:
@@ -146,6 +153,10 @@ def test_tiplight_fit_trains_with_a_served_teacher(tiny, prompts_file, tmp_path,
     steps = [r for r in csv.DictReader(next(tmp_path.rglob("metrics.csv")).open()) if r.get("teacher/requests")]
     assert len(steps) == 2 and all(float(r["teacher/requests"]) == 1 for r in steps)  # 4 rollouts, one request
     assert all(float(r["train/loss"]) > 0 for r in steps)
+    for r in steps:
+        print(f"served top-{K} fit step: {float(r['teacher/requests']):.0f} requests, {float(r['teacher/bytes']):.0f} "
+              f"bytes ({float(r['teacher/bytes_per_token']):.0f} per completion token), waited "
+              f"{float(r['teacher/wait_s']):.3f} s of a {float(r['time/score']):.3f} s scoring pass")
 
 
 def test_a_killed_server_ends_the_run_in_one_sentence_with_a_checkpoint_that_resumes(

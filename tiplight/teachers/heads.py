@@ -4,7 +4,6 @@ exact path), or a head that rebuilds ``[n, V]`` log-probabilities from shipped t
 from __future__ import annotations
 
 import json
-import math
 
 import torch
 from torch import nn
@@ -17,7 +16,7 @@ class TopKHead(nn.Module):
 
     A row is ``[fill, logp_1 .. logp_m, id_1 .. id_m]``: ``m`` shipped log-probabilities at token ids (a row
     with fewer repeats its first pair), and ``fill`` the log-probability of every other token: the mass the
-    shipped ones leave, spread evenly. The result is normalised, so a ``log_softmax`` of it is itself. Ids
+    shipped ones leave (computed in float64), spread evenly. The result is normalised, so a ``log_softmax`` of it is itself. Ids
     are stored as float32, exact below 2^24 (vocabularies are ~10^5)."""
 
     def __init__(self, vocab_size: int) -> None:
@@ -29,16 +28,18 @@ class TopKHead(nn.Module):
         return 1 + 2 * m
 
     @staticmethod
-    def pack(pairs: dict[int, float], m: int, vocab_size: int) -> torch.Tensor:
-        """One row ``[1 + 2m]`` from at most ``m`` (token id -> log-probability) pairs, ids < ``vocab_size``."""
-        ids, logps = list(pairs), list(pairs.values())
-        rest = vocab_size - len(ids)
-        mass = math.fsum(math.exp(v) for v in logps)
-        fill = math.log(max(1.0 - mass, TINY) / rest) if rest else math.log(TINY)
-        if not ids:
-            ids, logps = [0], [fill]
-        pad = m - len(ids)
-        return torch.tensor([fill, *logps, *[logps[0]] * pad, *ids, *[ids[0]] * pad], dtype=torch.float32)
+    def pack(rows: list[dict[int, float]], m: int, vocab_size: int) -> torch.Tensor:
+        """Packed rows ``[n, 1 + 2m]`` from ``n`` dicts of at most ``m`` (token id -> log-probability) pairs,
+        ids < ``vocab_size`` (at least one pair each)."""
+        counts = torch.tensor([len(r) for r in rows])  # [n]
+        ids = torch.tensor([[*r, *[next(iter(r))] * (m - len(r))] for r in rows])  # [n, m]
+        logp = torch.tensor([[*r.values(), *[next(iter(r.values()))] * (m - len(r))] for r in rows],
+                            dtype=torch.float64)  # [n, m]
+        shipped = torch.arange(m) < counts[:, None]  # the padding repeats the first pair: counted once
+        mass = (logp.exp() * shipped).sum(-1)  # [n]
+        rest = (vocab_size - counts).clamp(min=1)
+        fill = ((1 - mass).clamp(min=TINY) / rest).log()  # [n]
+        return torch.cat([fill[:, None], logp, ids.double()], -1).float()
 
     def forward(self, packed: torch.Tensor) -> torch.Tensor:
         m = (packed.shape[-1] - 1) // 2

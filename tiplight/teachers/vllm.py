@@ -80,13 +80,11 @@ class VLLMTopK(ServedTeacher):
         if not isinstance(entries, list) or len(entries) != len(row.tokens):
             raise malformed(url, f"prompt_logprobs for a {len(row.tokens)}-token prompt is not a list of that length")
         m = self.k + 1
-        out = torch.empty(row.columns, TopKHead.width(m))
-        for column in range(row.columns):
-            position = row.offset + column
-            out[column] = self._position(entries[position], row.tokens[position], m, url)
-        return out
+        positions = range(row.offset, len(row.tokens))
+        return TopKHead.pack([self._pairs(entries[p], row.tokens[p], m, url) for p in positions], m, self.vocab_size)
 
-    def _position(self, entry: Any, token: int, m: int, url: str) -> torch.Tensor:
+    def _pairs(self, entry: Any, token: int, m: int, url: str) -> dict[int, float]:
+        """One position's (token id -> log-probability) pairs, checked, without ids past the vocabulary."""
         try:
             pairs = {int(t): float(v["logprob"]) for t, v in entry.items()}
         except (AttributeError, KeyError, TypeError, ValueError):
@@ -94,8 +92,7 @@ class VLLMTopK(ServedTeacher):
         if token not in pairs or len(pairs) > m or not all(math.isfinite(v) and v <= 1e-4 for v in pairs.values()):
             raise malformed(url, f"a prompt_logprobs entry lacks the sampled token {token}, has more than {m} "
                                  "tokens, or holds a log-probability that is not finite and <= 0")
-        pairs = {t: min(v, 0.0) for t, v in pairs.items() if t < self.vocab_size}
-        return TopKHead.pack(pairs, m, self.vocab_size)
+        return {t: min(v, 0.0) for t, v in pairs.items() if t < self.vocab_size}
 
 
 @register_teacher
