@@ -20,7 +20,7 @@ from tiplight.objective import selected_loss_sum
 from tiplight.objectives import ReverseKL, SampledTokenPG, TokenContext, TopKDivergence
 from tiplight.passes import score
 from tiplight.rollout import Rollout
-from tiplight.teachers import TeacherServerError, VLLMHidden, VLLMTopK, list_teachers
+from tiplight.teachers import TeacherServerError, VLLMHidden, VLLMTopK, get_teacher, list_teachers
 
 K = 4
 
@@ -156,6 +156,31 @@ def test_exact_path_in_bfloat16_on_the_wire_halves_the_bytes(models):
     assert remote[0].teacher_hidden.dtype == torch.bfloat16
     torch.testing.assert_close(remote[0].raw.rkl[mask], local[0].raw.rkl[mask], atol=1e-2, rtol=1e-2)
     assert 48 * 2 * 4 / 3 <= teacher.traffic()["teacher/bytes_per_position"] < 48 * 2 * 4 / 3 + 40  # base64, 2 B a value
+
+
+def extra_args(name: str, models) -> dict:
+    """Each registered served teacher's own required arguments (the contract suite covers them all)."""
+    return {"VLLMTopK": {"k": K}, "VLLMHidden": {"head": str(models["paths"]["teacher"])}}[name]
+
+
+@pytest.mark.parametrize("name", list_teachers())
+@torch.no_grad()
+def test_served_teacher_contract(models, fake, name):
+    """Connected to a server: ``[r, C, D]`` rows for every micro-batch (0 past each row's end), whose head
+    gives ``[n, V]`` logits; one request for up to ``rows_per_request`` rows; repr shows the settings."""
+    teacher = get_teacher(name, url=fake.url, model="teacher", **extra_args(name, models))
+    assert repr(teacher).startswith(f"{name}(endpoint=Endpoint(url='{fake.url}'")
+    teacher.connect(models["tokenizer"], TOKENIZER_SIZE)
+    fake.step_requests = 0
+    r = rollout()
+    rows = teacher.submit(r).result()
+    assert fake.step_requests == 1 and rows.shape == (3, 6, teacher.width)
+    assert (rows[~r.completion_mask] == 0).all() and (rows[r.completion_mask] != 0).any(-1).all()
+    logits = teacher.get_output_embeddings()(rows[r.completion_mask].float())
+    assert logits.shape == (int(r.completion_mask.sum()), TOKENIZER_SIZE)
+    torch.testing.assert_close(logits.log_softmax(-1).exp().sum(-1), torch.ones(len(logits)))
+    assert set(teacher.traffic()) == {"teacher/requests", "teacher/bytes", "teacher/bytes_per_token",
+                                      "teacher/bytes_per_position", "teacher/wait_s"}
 
 
 def test_every_served_teacher_is_registered():
