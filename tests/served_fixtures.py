@@ -46,6 +46,11 @@ class FakeVLLM:
 
     # --- answers as vLLM gives them ------------------------------------------------------------------
     def answer(self, path: str, body: dict) -> dict:
+        if path == "/tokenize" and "messages" in body:  # as vLLM: the chat template, then its tokens
+            if getattr(self.tokenizer, "chat_template", None) is None:
+                raise ValueError("this model has no chat template")
+            text = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
+            return {"count": 0, "tokens": self.tokenizer(text, add_special_tokens=False)["input_ids"]}
         if path == "/tokenize":
             return {"count": 0, "tokens": self.tokenizer(body["prompt"], add_special_tokens=False)["input_ids"]}
         if path == "/v1/completions":

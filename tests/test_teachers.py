@@ -200,6 +200,20 @@ def test_start_up_refuses_another_model_name_tokenizer_or_a_smaller_vocabulary(m
         VLLMTopK(url=fake.url, model="teacher").connect(tok, TOKENIZER_SIZE + 1)
 
 
+def test_start_up_refuses_another_chat_template_unless_allowed(tiny, fake):
+    """The student's tokenizer has a chat template; the served model (``fake``'s tokenizer) has none."""
+    student = AutoTokenizer.from_pretrained(tiny["tokenizer"])
+    said = (rf"the teacher served at {fake.url} formats conversations differently from the student \(a probe "
+            r"conversation: None vs \d+ tokens\)")
+    with pytest.raises(ValueError, match=said + "; the teacher would score the student's turns in a format it does "
+                                              "not use: serve it with the student's template"):
+        VLLMTopK(url=fake.url, model="teacher", k=K).connect(student, TOKENIZER_SIZE)
+    with pytest.warns(UserWarning, match=said + r" \(allowed by model.allow_template_mismatch\)"):
+        VLLMTopK(url=fake.url, model="teacher", k=K).connect(student, TOKENIZER_SIZE, allow_template_mismatch=True)
+    fake.tokenizer = student  # the same template on both sides
+    VLLMTopK(url=fake.url, model="teacher", k=K).connect(student, TOKENIZER_SIZE)
+
+
 def test_start_up_refuses_rollouts_longer_than_the_servers_context(tiny, prompts_file, tmp_path, capsys):
     fake = FakeVLLM(AutoModelForCausalLM.from_pretrained(tiny["teacher"]), AutoTokenizer.from_pretrained(tiny["teacher"]))
     fake.max_model_len = 64

@@ -66,6 +66,17 @@ def connected(cls, url: str, tokenizer, **kwargs):
     return teacher
 
 
+def test_start_up_checks_against_a_real_server(hidden_server, student_and_tokenizer):
+    """The name must be served, and the endpoint must answer what the class asks (a pooling server has no
+    prompt log-probabilities); the tokenizer and chat template probes pass: the student's are the teacher's."""
+    _, tok = student_and_tokenizer
+    with pytest.raises(ValueError, match=f"model.teacher.model='other' is not served at {hidden_server.url}; it serves 'teacher'"):
+        VLLMHidden(url=hidden_server.url, model="other", head="unused").connect(tok, TOKENIZER_SIZE)
+    with pytest.raises(ValueError, match=f"the teacher served at {hidden_server.url} does not take the student's "
+                                         f"vocabulary of {TOKENIZER_SIZE} tokens with prompt_logprobs={K}"):
+        VLLMTopK(url=hidden_server.url, model="teacher", k=K, retries=0).connect(tok, TOKENIZER_SIZE)
+
+
 @torch.no_grad()
 def test_exact_path_equals_the_colocated_teacher(teachers, hidden_server, student_and_tokenizer):
     student, tok = student_and_tokenizer

@@ -211,7 +211,7 @@ class DistillModule(L.LightningModule):
         models = [student]
         if self.served_teacher is not None:
             self.vocab_size = vocab_size(self.tokenizer, student)
-            self.served_teacher.connect(self.tokenizer, self.vocab_size, device)
+            self.served_teacher.connect(self.tokenizer, self.vocab_size, device, hp.allow_template_mismatch)
             self.__dict__["_teacher"] = self.served_teacher
         elif hp.get("teacher") is not None:
             teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from torch import nn
 
 from tiplight.registry import Plugin, Registry
 from tiplight.rollout import Rollout
-from tiplight.teachers.http import Endpoint, malformed, post_json
+from tiplight.teachers.http import Endpoint, TeacherServerError, malformed, post_json
 
 PROBE_TEXT = "Teacher check: 12 + 34 = 46, (x - 1) / 2."
 
@@ -107,7 +108,7 @@ class ServedTeacher(Plugin, ABC):
     Args:
         url: the server's base address, e.g. ``http://teacher-node:8000``.
         model: the served model name (``vllm serve ... --served-model-name``); checked at start-up.
-        timeout_s: seconds one request may take before it counts as failed.
+        timeout_s: seconds without an answer before a request counts as failed.
         retries: further attempts after a failure (connection refused, time-out, HTTP 5xx).
         backoff_s: the first wait between attempts, doubled after each.
         rows_per_request: rollout rows batched into one request.
@@ -128,11 +129,15 @@ class ServedTeacher(Plugin, ABC):
         self._traffic = Traffic()
 
     # --- start-up ------------------------------------------------------------------------------------
-    def connect(self, tokenizer: Any, vocab_size: int, device: torch.device | None = None) -> None:
-        """Check the endpoint against the student's tokenizer and vocabulary, and build the head."""
+    def connect(self, tokenizer: Any, vocab_size: int, device: torch.device | None = None,
+                allow_template_mismatch: bool = False) -> None:
+        """Check the endpoint against the student's tokenizer, chat template and vocabulary, and build the
+        head. ``allow_template_mismatch`` (``model.allow_template_mismatch``) makes a template difference a
+        warning."""
         self.vocab_size = vocab_size
         self.check_model()
         self.check_tokenizer(tokenizer)
+        self.check_chat_template(tokenizer, allow_template_mismatch)
         self._head = self.build_head(vocab_size).to(device or "cpu")
         self.check(vocab_size)
         self._traffic.take()  # the probes are no step's traffic
@@ -164,6 +169,31 @@ class ServedTeacher(Plugin, ABC):
         if theirs != mine:
             raise ValueError(f"the teacher served at {self.endpoint.url} tokenizes differently from the student "
                              f"({PROBE_TEXT!r}: {theirs} vs {mine}); teacher and student must share a tokenizer.")
+
+    def check_chat_template(self, tokenizer: Any, allow: bool) -> None:
+        """The server renders a probe conversation with its chat template to the token ids the student's
+        template gives (a teacher scoring turns in a format it does not use is OPD's most reported failure)."""
+        if getattr(tokenizer, "chat_template", None) is None:
+            return
+        messages = [{"role": "user", "content": PROBE_TEXT}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        mine = tokenizer(text, add_special_tokens=False)["input_ids"]
+        try:
+            answer, _ = post_json(self.endpoint, "/tokenize", {"model": self.model, "messages": messages,
+                                                               "add_generation_prompt": True})
+            theirs = answer.get("tokens") if isinstance(answer, dict) else None
+        except TeacherServerError:  # vLLM refuses chat requests of a model that has no chat template
+            theirs = None
+        if theirs == mine:
+            return
+        found = (f"the teacher served at {self.endpoint.url} formats conversations differently from the student "
+                 f"(a probe conversation: {theirs if theirs is None else len(theirs)} vs {len(mine)} tokens)")
+        if allow:
+            warnings.warn(f"{found} (allowed by model.allow_template_mismatch).", stacklevel=2)
+            return
+        raise ValueError(f"{found}; the teacher would score the student's turns in a format it does not use: serve "
+                         "it with the student's template (vllm serve --chat-template), or set "
+                         "model.allow_template_mismatch: true if the difference is on purpose.")
 
     @abstractmethod
     def check(self, vocab_size: int) -> None:

@@ -31,6 +31,8 @@ class TopKHead(nn.Module):
     def pack(rows: list[dict[int, float]], m: int, vocab_size: int) -> torch.Tensor:
         """Packed rows ``[n, 1 + 2m]`` from ``n`` dicts of at most ``m`` (token id -> log-probability) pairs,
         ids < ``vocab_size`` (at least one pair each)."""
+        if not rows:
+            return torch.empty(0, TopKHead.width(m))
         counts = torch.tensor([len(r) for r in rows])  # [n]
         ids = torch.tensor([[*r, *[next(iter(r))] * (m - len(r))] for r in rows])  # [n, m]
         logp = torch.tensor([[*r.values(), *[next(iter(r.values()))] * (m - len(r))] for r in rows],

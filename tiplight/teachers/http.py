@@ -34,7 +34,8 @@ class Endpoint:
 
     Args:
         url: the server's base address, e.g. ``http://teacher-node:8000`` (vLLM's ``--host``/``--port``).
-        timeout_s: seconds one request may take before it counts as failed (a whole micro-batch).
+        timeout_s: seconds without an answer (connecting, or between bytes of one) before a request counts as
+            failed; a request carries ``rows_per_request`` rollouts.
         retries: further attempts after a failed one (connection refused, time-out, HTTP 5xx), each after
             ``backoff_s`` times 2^attempt seconds. A 4xx answer or a malformed payload is not retried.
         backoff_s: the first wait between attempts, in seconds.

@@ -68,8 +68,8 @@ class VLLMTopK(ServedTeacher):
             self.fetch(probe)
         except TeacherServerError as error:
             raise ValueError(f"the teacher served at {self.endpoint.url} does not take the student's vocabulary "
-                             f"of {vocab_size} tokens with prompt_logprobs={self.k} (start vllm serve with "
-                             f"--max-logprobs {self.k} or more): {error}") from None
+                             f"of {vocab_size} tokens with prompt_logprobs={self.k} (serve the teacher with the "
+                             f"generate runner and --max-logprobs {self.k} or more): {error}") from None
 
     def parse(self, answer: Any, rows: list[Span], url: str) -> list[torch.Tensor]:
         choices = _choices(answer, len(rows), url)
