@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from tiplight.files import write_text
+from tiplight.teachers import TeacherServerError
 
 # per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares)
 _MEAN_PREFIXES = ("train/kept_fraction", "quadrant/")
@@ -107,8 +108,9 @@ class Interruption(L.Callback):
     Either way a resumable checkpoint is saved to ``<log_dir>/checkpoints/interrupted.ckpt`` (resuming
     one saved after training runs the final phase again). Before training (the fit-start evaluation)
     nothing was trained, so nothing is saved. Ctrl-C stops mid-step, so nothing more is saved: the message
-    names the last checkpoint, if any. The student is not exported and ``summary.json`` is not written.
-    (``tiplight`` adds this to every run.)"""
+    names the last checkpoint, if any. A served teacher that fails during training (``TeacherServerError``)
+    also leaves ``interrupted.ckpt``, named in its message. The student is not exported and
+    ``summary.json`` is not written. (``tiplight`` adds this to every run.)"""
 
     def __init__(self) -> None:
         self.phase: Literal["start", "train", "end"] = "start"
@@ -148,6 +150,11 @@ class Interruption(L.Callback):
             trainer.save_checkpoint(path)
             saved = f"a resumable checkpoint was saved: resume with --ckpt_path {path}"
             what = "SIGTERM" if self.phase == "train" else "SIGTERM after training"
+        elif isinstance(exception, TeacherServerError) and self.phase == "train":
+            # the failed step took no optimizer step: resuming repeats it (the message says where from)
+            exception.checkpoint = str(_log_dir(trainer) / "checkpoints" / "interrupted.ckpt")
+            trainer.save_checkpoint(exception.checkpoint)
+            return
         elif isinstance(exception, KeyboardInterrupt):
             saver = trainer.checkpoint_callback
             last = (saver.last_model_path or saver.best_model_path) if saver else ""

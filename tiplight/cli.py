@@ -27,6 +27,7 @@ from tiplight.data import PromptDataModule
 from tiplight.files import AtomicCheckpointIO
 from tiplight.module import DistillModule
 from tiplight.resume import check_resume
+from tiplight.teachers import TeacherServerError
 
 COMMANDS = """tiplight's own commands (each has --help):
   tiplight toy build|eval ...    build or evaluate the embedded toy world's models
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         if replaced is not None:
             raise ValueError(replaced)
         TiplightCLI(args=argv)
-    except (ValueError, ArgumentError, MisconfigurationException, OSError) as error:  # OSError: a full disk...
+    except (ValueError, ArgumentError, MisconfigurationException, OSError, TeacherServerError) as error:  # OSError: a full disk...
         if os.environ.get("TIPLIGHT_TRACEBACK"):
             raise
         text = describe_os_error(error) if isinstance(error, OSError) else (

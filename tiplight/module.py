@@ -48,6 +48,7 @@ from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.selection.base import selector_weights
 from tiplight.sources import resolve
 from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
+from tiplight.teachers import ServedTeacher
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
@@ -84,7 +85,9 @@ class DistillModule(L.LightningModule):
 
     Args:
         student: student model, HF hub id or local directory.
-        teacher: teacher model (frozen), HF hub id or directory; only ``validate`` may run without one.
+        teacher: teacher model (frozen), HF hub id or directory, colocated or sharded with the student; or a
+            teacher behind an inference server (``class_path: tiplight.teachers.VLLMTopK`` or ``VLLMHidden``,
+            README "Teacher placement"); only ``validate`` may run without one.
         selector: which completion positions carry the loss (any ``tiplight.selection.Selector``).
         tokenizer: tokenizer id or directory; defaults to the student's. The teacher's must match it.
         dtype / teacher_dtype: weight dtypes (float32, bfloat16, float16); the teacher's defaults to ``dtype``.
@@ -115,7 +118,7 @@ class DistillModule(L.LightningModule):
     def __init__(
         self,
         student: str,
-        teacher: str | None = None,
+        teacher: str | ServedTeacher | None = None,
         selector: Selector | None = None,
         tokenizer: str | None = None,
         dtype: str = "float32",
@@ -153,7 +156,9 @@ class DistillModule(L.LightningModule):
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
-        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine"])
+        served = isinstance(teacher, ServedTeacher)
+        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine"] + (["teacher"] if served else []))
+        self.served_teacher = teacher if served else None
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
         self.seed = resolve_seed(seed)
@@ -183,9 +188,9 @@ class DistillModule(L.LightningModule):
         return "model.tokenizer" if self.hparams.tokenizer else "model.student"
 
     @property
-    def teacher(self) -> nn.Module | None:
-        """The frozen teacher. Deliberately not a registered submodule: it is in no optimizer, no
-        checkpoint, and no DDP bucket."""
+    def teacher(self) -> nn.Module | ServedTeacher | None:
+        """The frozen teacher (a local model or a ``ServedTeacher``). Deliberately not a registered
+        submodule: it is in no optimizer, no checkpoint, and no DDP bucket."""
         return self.__dict__.get("_teacher")
 
     @property
@@ -204,7 +209,11 @@ class DistillModule(L.LightningModule):
         student = load_student(ModelSource(resolve(hp.student), hp.dtype, self.student_quantization), self.lora,
                                seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
         models = [student]
-        if hp.teacher is not None:
+        if self.served_teacher is not None:
+            self.vocab_size = vocab_size(self.tokenizer, student)
+            self.served_teacher.connect(self.tokenizer, self.vocab_size, device, hp.allow_template_mismatch)
+            self.__dict__["_teacher"] = self.served_teacher
+        elif hp.get("teacher") is not None:
             teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
             teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
             teacher = freeze(load_model(teacher_source, "model.teacher", device))
@@ -216,7 +225,7 @@ class DistillModule(L.LightningModule):
             models.append(teacher)
         self.vocab_size = vocab_size(self.tokenizer, *models)
         self.student = student.train()  # from_pretrained returns eval mode; LoRA/dropout must train
-        parallelize(self, student, self.teacher)
+        parallelize(self, student, None if self.served_teacher is not None else self.teacher)
 
     def on_fit_start(self) -> None:
         check_resumed_optimizer(self.resumed_optimizer, self.trainer.optimizers)
@@ -225,6 +234,10 @@ class DistillModule(L.LightningModule):
         if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
             raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
                              "model.lr_schedule: constant).")
+        if self.served_teacher is not None:  # +1: vLLM answers prompt log-probabilities with one new token
+            prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
+            self.served_teacher.check_length(prompt + self.sampling.max_new_tokens + 1,
+                                             "data.max_prompt_tokens + model.sampling.max_new_tokens + 1")
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
@@ -260,6 +273,8 @@ class DistillModule(L.LightningModule):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
         self.log_sampler_gap(parts)
+        if self.served_teacher is not None:  # this rank's requests and bytes received this step
+            self.log_dict(self.served_teacher.traffic(), on_step=True, sync_dist=False)
 
     def rollout(self, batch: dict[str, Any], sampling: Sampling, seed: int | None = None) -> Rollout:
         """Sample completions from the student, ``generation_batch_size`` rows at a time (``seed``: the

@@ -18,6 +18,7 @@ from tiplight.objectives import Objective, TokenContext
 from tiplight.parallel import frozen_forward
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
 from tiplight.stats import RawStats, RngState, TokenLoss, completion_hidden, rng_state, token_stats_and_loss
+from tiplight.teachers import ServedTeacher
 
 
 @contextmanager
@@ -63,6 +64,9 @@ class ScoredPart:
     context: TokenContext | None = None  # [r, C] what an objective may read besides the distributions
 
 
+Teacher = nn.Module | ServedTeacher  # a local model, or one behind an inference server
+
+
 def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
     """Teacher hidden states at completion positions ``[r, C, d_t]`` (inference mode, then a plain copy
     that autograd may save)."""
@@ -71,9 +75,9 @@ def teacher_hidden(teacher: nn.Module, mb: Rollout) -> torch.Tensor:
     return hidden.clone()
 
 
-def score(student: nn.Module, teacher: nn.Module, rollout: Rollout, *, micro_batch_size: int, vocab_size: int,
+def score(student: nn.Module, teacher: Teacher, rollout: Rollout, *, micro_batch_size: int, vocab_size: int,
           chunk_size: int, keep_graph: bool = False, objective: Objective | None = None) -> list[ScoredPart]:
-    """Teacher and student forward per micro-batch, then entropy / KL(S||T) / KL(T||S) at valid positions.
+    """Teacher (local, or served: ``teachers.ServedTeacher``) and student forward per micro-batch, then entropy / KL(S||T) / KL(T||S) at valid positions.
 
     ``keep_graph``: keep the student's hidden states with grad, so the update reuses this forward.
     ``objective``: with a closed form, also each token's loss from the same logits, and where grad is
@@ -81,12 +85,17 @@ def score(student: nn.Module, teacher: nn.Module, rollout: Rollout, *, micro_bat
     sampler log-probabilities also gets the student's (``RawStats.logprob``)."""
     device = next(student.parameters()).device
     parts = []
-    for mb in rollout.split(micro_batch_size):
-        mb = mb.to(device)
-        t_hidden = teacher_hidden(teacher, mb)
+    micro_batches = [mb.to(device) for mb in rollout.split(micro_batch_size)]
+    served = isinstance(teacher, ServedTeacher)
+    # a served teacher gets every micro-batch's requests now and answers them during the student's forwards
+    pending = [teacher.submit(mb) for mb in micro_batches] if served else None
+    for i, mb in enumerate(micro_batches):
+        t_hidden = None if served else teacher_hidden(teacher, mb)
         rng = rng_state(device)
         with torch.set_grad_enabled(keep_graph):
             s_hidden = completion_hidden(student, mb.input_ids, mb.attention_mask, mb.prompt_length)
+        if served:
+            t_hidden = pending[i].result()  # [r, C, D]
         raw, token_loss = token_stats_and_loss(
             s_hidden, student.get_output_embeddings(), t_hidden, teacher.get_output_embeddings(),
             mb.completion_mask, vocab_size, chunk_size, objective, grad=torch.is_grad_enabled(),
