@@ -16,6 +16,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from tiplight import generation
+from tiplight.envs import Environment
+from tiplight.envs.training import sample_episodes
 from tiplight.models import (
     LoRA,
     ModelSource,
@@ -110,6 +112,9 @@ class DistillModule(L.LightningModule):
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
         allow_template_mismatch: train although teacher and student differ in chat template or EOS tokens
             (checked at start-up; a difference is an error unless this is set on purpose).
+        environment: multi-turn episodes with tools (any ``tiplight.envs.Environment``, with
+            ``tiplight.envs.EpisodeDataModule`` as data): only the student's own tokens are scored, selected
+            and trained; tool turns are context for both models.
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class DistillModule(L.LightningModule):
         seed: int | None = None,
         engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
+        environment: Environment | None = None,
     ):
         super().__init__()
         for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
@@ -153,7 +159,7 @@ class DistillModule(L.LightningModule):
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
-        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine"])
+        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine", "environment"])
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
         self.seed = resolve_seed(seed)
@@ -163,6 +169,7 @@ class DistillModule(L.LightningModule):
         self.sampling = sampling
         self.val_sampling = val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
+        self.environment = environment
         self.automatic_optimization = False
         self.student: nn.Module | None = None
         self.tokenizer = None
@@ -265,9 +272,12 @@ class DistillModule(L.LightningModule):
         """Sample completions from the student, ``generation_batch_size`` rows at a time (``seed``: the
         run's seed unless given, as evaluations give their own)."""
         seed = self.seed if seed is None else seed
-        return sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling, seed=seed,
-                      vocab_size=self.vocab_size, batch_size=self.hparams.generation_batch_size,
-                      synced=self.sharded)
+        options = dict(sampling=sampling, seed=seed, vocab_size=self.vocab_size,
+                       batch_size=self.hparams.generation_batch_size, synced=self.sharded)
+        if "problems" in batch:  # an episode batch (EpisodeDataModule): multi-turn, tool turns as context
+            return sample_episodes(self.engine, self.student, self.tokenizer, self.environment, batch,
+                                   **options).to_rollout()
+        return sample(self.engine, self.student, self.tokenizer, batch, **options)
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
