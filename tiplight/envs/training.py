@@ -27,6 +27,9 @@ from tiplight.passes import eval_mode
 from tiplight.rollout import RolloutEngine, Sampling, eos_token_ids
 from tiplight.seeding import resolve_seed
 
+SHARDED = ("model.environment with a sharded student (trainer.strategy FSDP) is not supported: ranks would run "
+           "different numbers of turns; use DDP (a LoRA student, or one that fits on each device).")
+
 
 def episode_batch(problems: list[dict[str, Any]], rollouts_per_problem: int, first_key: int,
                   template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,10 +82,13 @@ class EpisodeDataModule(L.LightningDataModule):
         return self.hparams.chat_template_kwargs
 
     def setup(self, stage: str) -> None:
-        env = getattr(self.trainer.lightning_module, "environment", None)
+        module = self.trainer.lightning_module
+        env = getattr(module, "environment", None)
         if env is None:
             raise ValueError("data is tiplight.envs.EpisodeDataModule but model.environment is not set; give the "
                              "environment's class_path (e.g. ToyLookup, DeepPlanningTravel).")
+        if getattr(module, "sharded", False):
+            raise ValueError(SHARDED)
         problems, hp = env.problems("train"), self.hparams
         order = list(range(len(problems)))
         random.Random(self.seed).shuffle(order)
@@ -143,8 +149,7 @@ def sample_episodes(engine: RolloutEngine, student: nn.Module, tokenizer: Any, e
     """One episode per row of ``batch`` (``problems``, ``keys`` ``[R]``, ``template_kwargs``) from the student
     in eval mode; every student turn samples under ``sampling`` (``max_new_tokens``: the longest turn)."""
     if synced:
-        raise ValueError("model.environment with a sharded student (FSDP) is not supported: ranks would run "
-                         "different numbers of turns; use DDP (LoRA or a student that fits on one device).")
+        raise ValueError(SHARDED)
     eos = eos_token_ids(tokenizer, student)
     turns = engine_turns(engine, student, sampling=sampling, seed=seed, eos_token_ids=eos,
                          pad_token_id=tokenizer.pad_token_id, vocab_size=vocab_size)
