@@ -167,3 +167,34 @@ def test_episodes_and_steps_reproduce_per_key_on_one_and_two_processes(pair, tmp
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
     for key, value in one["params"].items():
         assert two["params"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_diagnostics_grey_out_tool_tokens_and_count_student_tokens_only(pair, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from tiplight.diagnostics import plots
+    from tiplight.diagnostics.table import from_step, read_jsonl
+
+    episodes = Episodes(monkeypatch)
+    module = fit(pair, tmp_path, SoftOrTopK(0.5))
+    agent, record = episodes.seen[-1], module.last_step
+    student = student_positions(agent)[:, agent.prompt_length :]
+    tool = agent.attention_mask.bool()[:, agent.prompt_length :] & ~student
+    scored = from_step(record, AutoTokenizer.from_pretrained(pair["student"]), label="kept")
+    assert torch.equal(scored.context, tool)
+    html = plots.heatmap_html(scored, 0, record.weights)
+    assert html.count('data-segment="tool"') == int(tool[0].sum()) > 0
+    assert html.count('class="tok"') == int(tool[0].sum() + student[0].sum())
+    assert all('data-kept="0"' in span for span in html.split("<span")[1:] if 'data-segment="tool"' in span)
+    assert "tool tokens" in plots.heatmap_png(scored, None, 0, record.weights)._suptitle.get_text()
+    rows = scored.records(record.weights)
+    assert len(rows) == int(student.sum()) and all(student[r["rollout"], r["position"]] for r in rows)
+    # kept fraction and quadrant shares: over the student's tokens only
+    kept = (record.weights > 0).sum() / student.sum()
+    assert float(module.trainer.callback_metrics["train/kept_fraction"]) == pytest.approx(float(kept))
+    ids = scored.quadrants()
+    for q in ("Q1", "Q2", "Q3", "Q4"):
+        direct = float((ids[student] == ("Q1", "Q2", "Q3", "Q4").index(q) + 1).double().mean())
+        assert float(module.trainer.callback_metrics[f"quadrant/{q}_all"]) == pytest.approx(direct)
+    path = scored.to_jsonl(tmp_path / "rollouts.jsonl")  # the context survives the file
+    assert torch.equal(read_jsonl(path)[0].context, tool[:, : read_jsonl(path)[0].context.shape[1]])
