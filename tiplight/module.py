@@ -461,3 +461,6 @@ class DistillModule(L.LightningModule):
 
     def generate_completions(self, prompts: list[str], **sampling: Any) -> list[list[str]]:
         return generation.generate_completions(self, prompts, **sampling)
+
+    def generate_episodes(self, problems: list[dict[str, Any]], **sampling: Any):
+        return generation.generate_episodes(self, problems, **sampling)
