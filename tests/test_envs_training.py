@@ -198,3 +198,34 @@ def test_diagnostics_grey_out_tool_tokens_and_count_student_tokens_only(pair, tm
         assert float(module.trainer.callback_metrics[f"quadrant/{q}_all"]) == pytest.approx(direct)
     path = scored.to_jsonl(tmp_path / "rollouts.jsonl")  # the context survives the file
     assert torch.equal(read_jsonl(path)[0].context, tool[:, : read_jsonl(path)[0].context.shape[1]])
+
+
+class Scoring(EveryTurnTool):
+    """EveryTurnTool whose score depends on what the student wrote: the parity of its last turn's length."""
+
+    def score(self, episode):
+        return float(len(episode.last_text) % 2)
+
+
+def evaluate_environment(pair, root: Path, batch_size: int):
+    from tiplight.evals import MathEvalCallback
+
+    evals = MathEvalCallback(benchmarks=["environment"], num_samples=3, temperature=1.0, max_new_tokens=6, limit=3,
+                             batch_size=batch_size, at_fit_start=True, at_validation=False)
+    module = Recording(student=pair["student"], teacher=pair["teacher"], environment=Scoring(max_turns=2, max_tokens=256),
+                       sampling=Sampling(max_new_tokens=6), lr_schedule="constant")
+    data = EpisodeDataModule(prompts_per_step=2, rollouts_per_prompt=1)
+    make_trainer(root, max_steps=1, callbacks=[evals]).fit(module, data)
+    lines = [json.loads(x) for x in (root / "evals" / "fit_start_environment.jsonl").read_text().splitlines()]
+    return lines, evals.results["fit_start"]["environment"]
+
+
+def test_the_evaluation_callback_scores_the_environment_test_split(pair, tmp_path):
+    lines, metrics = evaluate_environment(pair, tmp_path / "one", batch_size=1)
+    scores = torch.tensor([line["scores"] for line in lines])  # [3 problems, 3 episodes]
+    assert scores.shape == (3, 3) and [line["id"] for line in lines] == ["e0", "e1", "e2"]
+    assert all(score == len(text) % 2 for line in lines for score, text in zip(line["scores"], line["responses"]))
+    assert metrics["avg@3"] == pytest.approx(float(scores.mean())) == metrics["accuracy"]
+    assert metrics["best@3"] == pytest.approx(float(scores.max(1).values.mean()))
+    assert metrics["turns"] == 2.0  # every turn calls a tool: each episode ends at max_turns
+    assert evaluate_environment(pair, tmp_path / "three", batch_size=3)[0] == lines  # keys, not batches

@@ -5,8 +5,9 @@ student that uses it worse: ``tiplight toy build --world agent --out DIR``.
 Both models are supervised on whole episodes written by the rules below and laid out exactly as the
 rollout loop lays them out (``ChatRenderer``: the opening prompt, the student's turns as sampled tokens,
 the template's tool turns), with the loss on the assistant turns only. The teacher's episodes always
-look every item up and then name the dearest affordable one; the student's skip the tool in
-``STUDENT_SKIP`` of its episodes and name a listed item unseen. So the student has the teacher's
+look every item up, think the running best affordable price (one digit per answer, each a function of
+the previous one, the answer's price and the budget) and name its item; the student's skip the tool in
+``STUDENT_SKIP`` of its episodes and name the first listed item unseen. So the student has the teacher's
 capacity and has seen the right use of the tool, but often answers without it: on-policy distillation,
 scoring only the student's own tokens against the teacher, can teach it to call the tool.
 """
@@ -47,7 +48,7 @@ TEACHER_SFT = SFTSpec(steps=2500, batch_size=32, lr=3e-3, warmup=100)
 STUDENT_SFT = replace(TEACHER_SFT, min_lr_frac=1.0)
 STUDENT_SKIP = 0.6  # the share of the student's training episodes that answer without the tool
 TRAIN_EPISODES = 8_000
-PROBE = 100  # test problems scored greedily while a model trains, and at the end of the build
+PROBE = 100  # test problems scored while a model trains and at the end of the build (Avg@4 at temperature 1)
 
 
 def environment(**kwargs: Any) -> ToyLookup:
@@ -67,15 +68,20 @@ def call(item: str) -> str:
 
 
 def teacher_turns(problem: dict[str, Any]) -> list[str]:
-    """Look every item up in one turn, then think of the highest affordable price and name its item."""
-    best = problem["prices"][problem["answer"]]
-    return ["".join(call(item) for item in sorted(problem["prices"])), f"<think>{best}</think>{problem['answer']}"]
+    """Look every item up in one turn; then think the running best affordable price over the answers in
+    order (``-`` while none is affordable) and name the item of the last one."""
+    items, budget, best, thoughts = sorted(problem["prices"]), problem["budget"], 0, ""
+    for item in items:
+        price = problem["prices"][item]
+        best = max(best, price if price <= budget else 0)
+        thoughts += str(best) if best else "-"
+    return ["".join(call(item) for item in items), f"<think>{thoughts}</think>{problem['answer']}"]
 
 
 def student_turns(problem: dict[str, Any], rng: random.Random) -> list[str]:
-    """The teacher's turns, or (``STUDENT_SKIP`` of the time) a listed item named without a look-up."""
+    """The teacher's turns, or (``STUDENT_SKIP`` of the time) the first listed item, named without a look-up."""
     if rng.random() < STUDENT_SKIP:
-        return [rng.choice(sorted(problem["prices"]))]
+        return [sorted(problem["prices"])[0]]
     return teacher_turns(problem)
 
 
@@ -128,13 +134,14 @@ def build_agent(out: Path, *, budget: float = 1.0, seed: int = 0, episodes: int 
             rows = [episode_tokens(env, renderer, p, t, tokenizer.eos_token_id) for p, t in zip(problems, turns[name])]
             model, spec = make_model(MODEL, tokenizer, seed=seed + offset), specs[name]
             print(f"[toy build agent] {name}: {sum(p.numel() for p in model.parameters()):,} params, {spec.steps} steps")
-            hook = lambda _, m=model: f"probe score {float(scores(m, tokenizer, probe).mean()):.2f}"  # noqa: E731
+            hook = lambda _, m=model: f"probe avg@4 {probe_score(m, tokenizer, probe):.2f}"  # noqa: E731
             stats = train_sft(model, rows, tokenizer, spec, seed=seed + offset, batch_fn=episode_batch, hook=hook,
                               log_every=300)
             model.save_pretrained(out / name)
             tokenizer.save_pretrained(out / name)
             report[name] = {"seed": seed + offset, "spec": asdict(spec), **stats,
-                            "probe_score": float(scores(model, tokenizer, probe).mean())}
+                            "probe_score": probe_score(model, tokenizer, probe),
+                            "probe_greedy": float(scores(model, tokenizer, probe).mean())}
     finally:
         torch.set_num_threads(threads)
     report["total_seconds"] = round(time.perf_counter() - start, 1)
@@ -154,3 +161,8 @@ def scores(model: Any, tokenizer: PreTrainedTokenizerBase, problems: list[dict[s
                          vocab_size=len(tokenizer))
     return scores_at_k(turns, tokenizer, environment(), problems, k, max_new_tokens=32, eos_token_ids=eos,
                        batch_size=256)
+
+
+def probe_score(model: Any, tokenizer: PreTrainedTokenizerBase, problems: list[dict[str, Any]]) -> float:
+    """Avg@4 at temperature 1 on ``problems``, as ``configs/toy_agent.yaml`` evaluates."""
+    return float(scores(model, tokenizer, problems, k=4, temperature=1.0).mean())

@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
         report = build_agent(args.out, budget=args.budget, seed=args.seed)
         for name in ("teacher", "student"):
-            print(f"{name}: greedy probe score {report[name]['probe_score']:.2f} ({report[name]['seconds']:.0f}s)")
+            run = report[name]
+            print(f"{name}: probe Avg@4 {run['probe_score']:.2f}, greedy {run['probe_greedy']:.2f} ({run['seconds']:.0f}s)")
         print(f"total {report['total_seconds']:.0f}s -> {args.out}")
         return 0
     if args.command == "build":
