@@ -26,7 +26,7 @@ def test_the_config_builds_the_environment_the_models_were_built_for():
     config = yaml.safe_load((ROOT / "configs" / "toy_agent.yaml").read_text())
     args = config["model"]["environment"]["init_args"]
     env = agent.environment()
-    for name in ("items_per_problem", "max_price", "train_size", "seed", "named_prices"):
+    for name in ("items_per_problem", "max_price", "train_size", "seed", "named_prices", "max_turns", "max_tokens"):
         assert args[name] == getattr(env, name), name
 
 

@@ -54,7 +54,7 @@ PROBE = 100  # test problems scored while a model trains and at the end of the b
 def environment(**kwargs: Any) -> ToyLookup:
     """The agent world's environment, as ``configs/toy_agent.yaml`` configures it."""
     return ToyLookup(**{"items_per_problem": 3, "max_price": 9, "train_size": TRAIN_EPISODES, "named_prices": True,
-                        **kwargs})
+                        "max_turns": 4, "max_tokens": 160, **kwargs})  # 160: within the models' 256 positions
 
 
 def build_agent_tokenizer() -> PreTrainedTokenizerFast:
