@@ -17,7 +17,7 @@ from tiplight.parallel import check_mesh, fsdp1_shard, fsdp1_units, layer_classe
 FIXTURES = Path(__file__).with_name("fixtures")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PUBLISHED = {  # total parameters as published on each model card (billions)
-    "Qwen--Qwen3-8B": 8.2, "Qwen--Qwen3-4B": 4.0, "Qwen--Qwen3-1.7B": 1.7, "Qwen--Qwen3-0.6B": 0.6,
+    "Qwen--Qwen3-32B": 32.8, "Qwen--Qwen3-14B": 14.8, "Qwen--Qwen3-8B": 8.2, "Qwen--Qwen3-4B": 4.0, "Qwen--Qwen3-1.7B": 1.7, "Qwen--Qwen3-0.6B": 0.6,
     "meta-llama--Llama-3.3-70B-Instruct": 70.6, "meta-llama--Llama-3.1-8B-Instruct": 8.0,
     "Qwen--Qwen2.5-14B-Instruct": 14.7, "Qwen--Qwen2.5-1.5B-Instruct": 1.54,
 }

@@ -1,6 +1,8 @@
 """Every YAML under configs/ parses and instantiates through LightningCLI without loading weights: full
 configs alone, fragments (any file in a sub-folder) layered on each full config. The paper configs carry
-Table 9's hyperparameters and name only models whose config.json ships under tests/fixtures."""
+Table 9's hyperparameters and name only models whose config.json ships under tests/fixtures. The
+DeepPlanning configs run their start-up checks against a synthetic database in the benchmark's layout
+(tests/deepplanning_fixture.py), given as model.environment.init_args.root."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ class ParseOnlyCLI(TiplightCLI):
 @cache
 def parser():
     """TiplightCLI's parser, built once (building it is most of a parse's cost)."""
-    return ParseOnlyCLI(args=["--config", str(CONFIGS / BASES[0])], run=False).parser
+    return ParseOnlyCLI(args=config_args(BASES[0]), run=False).parser
 
 
 @dataclass
@@ -50,8 +52,26 @@ class Parsed:
 
 
 @cache
+def synthetic_deepplanning() -> str:
+    """A synthetic DeepPlanning travel benchmark folder (written once per test session)."""
+    import tempfile
+
+    from deepplanning_fixture import write_benchmark
+
+    return str(write_benchmark(Path(tempfile.mkdtemp(prefix="deepplanning-")) / "travelplanning"))
+
+
+def config_args(*files: str) -> list[str]:
+    """``--config`` for each file; a DeepPlanning config also gets the synthetic database as its root."""
+    args = [a for f in files for a in ("--config", str(CONFIGS / f))]
+    if any(f.startswith("deepplanning") for f in files):
+        args += ["--model.environment.init_args.root", synthetic_deepplanning()]
+    return args
+
+
+@cache
 def parse(*files: str) -> Parsed:
-    config = parser().parse_args([a for f in files for a in ("--config", str(CONFIGS / f))])
+    config = parser().parse_args(config_args(*files))
     return Parsed(config, parser().instantiate_classes(config))
 
 
@@ -151,7 +171,7 @@ def test_model_section_loads_through_the_cli(files, packable):
     the module plain dicts in hparams, which once crashed configure_model ('dict' has no attribute 'r').
     (Widths bitsandbytes packs in 4 bits, as the real models' are.)"""
     tiny = packable
-    args = [a for f in files for a in ("--config", str(CONFIGS / f))]
+    args = config_args(*files)
     cli = ParseOnlyCLI(args=[*args, "--model.student", tiny["student"], "--model.teacher", tiny["teacher"],
                              "--model.tokenizer", tiny["tokenizer"]], run=False)  # its own CLI: hparams come from it
     config, module = cli.config, cli.model
@@ -172,3 +192,51 @@ def test_every_config_path_named_in_configs_and_docs_exists():
     texts = [*CONFIGS.glob("**/*.yaml"), root / "README.md", *root.glob("benchmarks/*.md")]
     named = {m for path in texts for m in re.findall(r"configs/[\w/.-]+\.yaml", path.read_text())}
     assert named and not sorted(n for n in named if not (root / n).is_file())
+
+
+DEEPPLANNING = {"deepplanning_qwen3_14b_to_1p7b.yaml": "Qwen/Qwen3-14B",
+                "deepplanning_qwen3_32b_to_1p7b.yaml": "Qwen/Qwen3-32B"}
+TABLE_7 = ["all_tokens", "entropy_sampling_50", "entropy_sampling_20", "q3_only_20", "soft_or_50", "soft_or_20"]
+
+
+@pytest.mark.parametrize("base", sorted(DEEPPLANNING))
+def test_deepplanning_configs_are_the_papers_agentic_pairs(base):
+    from tiplight.envs import DeepPlanningTravel, EpisodeDataModule
+
+    parsed = parse(base)
+    model, data, trainer = parsed.config.model, parsed.config.data.init_args, parsed.config.trainer
+    assert (model.student, model.teacher) == ("Qwen/Qwen3-1.7B", DEEPPLANNING[base])
+    env = parsed.init.model.environment
+    assert isinstance(env, DeepPlanningTravel) and env.test_fraction == 0.2 and env.score_rule == "fraction"
+    assert isinstance(parsed.init.data, EpisodeDataModule) and data.chat_template_kwargs == {"enable_thinking": True}
+    train = round(120 * 0.8)  # the benchmark's 120 English travel tasks, 80% for training
+    assert trainer.max_steps == 15 * train // data.prompts_per_step  # 15 epochs
+    evals = [c for c in trainer.callbacks if c.class_path.endswith("MathEvalCallback")]
+    assert evals[0].init_args.benchmarks == ["environment"] and evals[0].init_args.num_samples == 16
+    assert len(env.problems("train")) + len(env.problems("test")) == 2  # the synthetic database's tasks
+
+
+@pytest.mark.parametrize("row", TABLE_7)
+def test_table_7_selections_layer_on_the_deepplanning_configs(row):
+    for base in DEEPPLANNING:
+        parsed = parse(base, f"selection/{row}.yaml")
+        expected = yaml.safe_load((CONFIGS / f"selection/{row}.yaml").read_text())["model"]["selector"]
+        assert contains(expected, parsed.config.model.selector.as_dict())
+
+
+@pytest.mark.parametrize("damage", ["missing", "malformed"])
+def test_a_missing_or_malformed_deepplanning_database_is_one_sentence_at_start_up(damage, tmp_path, capsys):
+    import shutil
+
+    from tiplight.cli import main
+
+    root = tmp_path / "travelplanning"
+    if damage == "malformed":
+        shutil.copytree(synthetic_deepplanning(), root)
+        (root / "data" / "travelplanning_query_en.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / sorted(DEEPPLANNING)[0]), "--model.environment.init_args.root",
+              str(root)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0
+    assert str(root / "data" / "travelplanning_query_en.json") in err and "expected" in err

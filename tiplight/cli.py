@@ -16,6 +16,7 @@ from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
+from lightning import LightningDataModule
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -23,7 +24,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tiplight.callbacks import Interruption
 from tiplight.console import progress_bar, quiet
-from tiplight.data import PromptDataModule
 from tiplight.files import AtomicCheckpointIO
 from tiplight.module import DistillModule
 from tiplight.resume import check_resume
@@ -37,7 +37,9 @@ COMMANDS = """tiplight's own commands (each has --help):
 
 
 class TiplightCLI(LightningCLI):
-    """LightningCLI with tiplight's defaults: no automatic optimizer flags (the module owns them), one
+    """LightningCLI with tiplight's defaults: any data module by class_path (``tiplight.data.PromptDataModule``
+    for prompts, ``tiplight.envs.EpisodeDataModule`` for an environment's problems), no automatic optimizer
+    flags (the module owns them), one
     config file saved per run (overwritten on resume), parse errors raised (``main`` condenses them), a
     progress bar that suits the console, and a checkpoint on SIGTERM."""
 
@@ -45,7 +47,7 @@ class TiplightCLI(LightningCLI):
         parser_kwargs = {"exit_on_error": False, **kwargs.pop("parser_kwargs", {})}
         super().__init__(
             DistillModule,
-            PromptDataModule,
+            LightningDataModule,
             subclass_mode_model=False,
             subclass_mode_data=True,
             auto_configure_optimizers=False,

@@ -112,13 +112,17 @@ class PromptStream(IterableDataset):
             position += len(take)
         return out
 
+    def make_batch(self, items: list[Prompt], first_key: int) -> dict[str, Any]:
+        """The batch of ``items``, each repeated ``rollouts_per_prompt`` times, keys from ``first_key``."""
+        return collate(items, self.pad_id, self.g, first_key)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         local = self.per_step // self.world_size
         batch = self.start
         while True:
             indices = self.global_indices(batch)[self.rank * local : (self.rank + 1) * local]
             first_key = (batch * self.per_step + self.rank * local) * self.g
-            out = collate([self.prompts[i] for i in indices], self.pad_id, self.g, first_key)
+            out = self.make_batch([self.prompts[i] for i in indices], first_key)
             out["batch_index"] = batch
             yield out
             batch += 1

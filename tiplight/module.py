@@ -16,6 +16,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from tiplight import generation
+from tiplight.envs import Environment
+from tiplight.envs.training import sample_episodes
 from tiplight.models import (
     LoRA,
     ModelSource,
@@ -113,6 +115,9 @@ class DistillModule(L.LightningModule):
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
         allow_template_mismatch: train although teacher and student differ in chat template or EOS tokens
             (checked at start-up; a difference is an error unless this is set on purpose).
+        environment: multi-turn episodes with tools (any ``tiplight.envs.Environment``, with
+            ``tiplight.envs.EpisodeDataModule`` as data): only the student's own tokens are scored, selected
+            and trained; tool turns are context for both models.
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class DistillModule(L.LightningModule):
         seed: int | None = None,
         engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
+        environment: Environment | None = None,
     ):
         super().__init__()
         for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
@@ -157,7 +163,8 @@ class DistillModule(L.LightningModule):
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
         served = isinstance(teacher, ServedTeacher)
-        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine"] + (["teacher"] if served else []))
+        ignored = ["selector", "objective", "optimizer", "engine", "environment"] + (["teacher"] if served else [])
+        self.save_hyperparameters(ignore=ignored)
         self.served_teacher = teacher if served else None
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
@@ -168,6 +175,7 @@ class DistillModule(L.LightningModule):
         self.sampling = sampling
         self.val_sampling = val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
+        self.environment = environment
         self.automatic_optimization = False
         self.student: nn.Module | None = None
         self.tokenizer = None
@@ -280,9 +288,12 @@ class DistillModule(L.LightningModule):
         """Sample completions from the student, ``generation_batch_size`` rows at a time (``seed``: the
         run's seed unless given, as evaluations give their own)."""
         seed = self.seed if seed is None else seed
-        return sample(self.engine, self.student, self.tokenizer, batch, sampling=sampling, seed=seed,
-                      vocab_size=self.vocab_size, batch_size=self.hparams.generation_batch_size,
-                      synced=self.sharded)
+        options = dict(sampling=sampling, seed=seed, vocab_size=self.vocab_size,
+                       batch_size=self.hparams.generation_batch_size, synced=self.sharded)
+        if "problems" in batch:  # an episode batch (EpisodeDataModule): multi-turn, tool turns as context
+            return sample_episodes(self.engine, self.student, self.tokenizer, self.environment, batch,
+                                   **options).to_rollout()
+        return sample(self.engine, self.student, self.tokenizer, batch, **options)
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
@@ -466,3 +477,6 @@ class DistillModule(L.LightningModule):
 
     def generate_completions(self, prompts: list[str], **sampling: Any) -> list[list[str]]:
         return generation.generate_completions(self, prompts, **sampling)
+
+    def generate_episodes(self, problems: list[dict[str, Any]], **sampling: Any):
+        return generation.generate_episodes(self, problems, **sampling)

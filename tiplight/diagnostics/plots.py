@@ -21,6 +21,7 @@ QUADRANT_LABELS = {"Q1": "high H, high D", "Q2": "high H, low D", "Q3": "low H, 
                    "Q4": "low H, low D (solved)"}
 STATISTICS = ("entropy", "rkl", "fkl", "entropy_hat", "rkl_hat")
 HEATMAP_SIZE, HISTOGRAM_SIZE, DPI = (12.0, 4.8), (6.0, 5.0), 100
+TOOL_COLOR = "#f4f4f4"  # tool output of multi-turn episodes: context, never scored (lighter than Q4's grey)
 
 
 def _figure(figsize: tuple[float, float], dpi: int):
@@ -49,7 +50,8 @@ def _colors(scored: Scored, rollout: int, color_by: str, thresholds: dict) -> li
 def heatmap_html(scored: Scored, rollout: int = 0, selector: Selector | Tensor | None = None, *,
                  color_by: str = "quadrant", seed: int = 0, entropy_threshold: float | None = None,
                  divergence_threshold: float | None = None) -> str:
-    """A self-contained HTML fragment: one ``<span class="tok">`` per valid token of ``rollout``.
+    """A self-contained HTML fragment: one ``<span class="tok">`` per valid token of ``rollout``, and per
+    tool token of a multi-turn episode (``data-segment="tool"``, grey, no statistics, never kept).
 
     Each span carries ``data-position``, ``data-quadrant`` (Q1..Q4), ``data-kept`` (1/0) and a tooltip
     with the statistics; kept tokens are boxed. All model text is HTML-escaped.
@@ -60,8 +62,11 @@ def heatmap_html(scored: Scored, rollout: int = 0, selector: Selector | Tensor |
     q = scored.quadrants(**thresholds)[rollout].tolist()
     s = scored.stats
     spans = []
-    for t, ok in enumerate(s.valid[rollout].tolist()):
-        if not ok:
+    for t in scored.shown(rollout):
+        if not s.valid[rollout, t]:
+            spans.append(f'<span class="tok" data-position="{t}" data-segment="tool" data-kept="0" '
+                         f'style="background:{TOOL_COLOR};color:#777" title="position {t} | tool output (context, '
+                         f'not scored)">{html.escape(scored.tokens[rollout][t])}</span>')
             continue
         tip = (f"position {t} | {QUADRANT_NAMES[q[t]]} | entropy {s.entropy[rollout, t]:.4f} | "
                f"rkl {s.rkl[rollout, t]:.4f} | fkl {s.fkl[rollout, t]:.4f} | kept {'yes' if kept[t] else 'no'}")
@@ -77,7 +82,8 @@ def heatmap_html(scored: Scored, rollout: int = 0, selector: Selector | Tensor |
         f'<div class="prompt" style="white-space:pre-wrap;color:#555">{html.escape(scored.prompts[rollout])}</div>'
         f'<div class="completion" style="white-space:pre-wrap">{"".join(spans)}</div>'
         f'<div class="legend" style="font-size:85%;margin-top:4px">{legend}; '
-        '<span style="outline:2px solid #000">boxed</span> = kept</div></div>'
+        '<span style="outline:2px solid #000">boxed</span> = kept; '
+        f'<span style="background:{TOOL_COLOR};color:#777">grey</span> = tool output (context)</div></div>'
     )
 
 
@@ -97,7 +103,7 @@ def heatmap_png(scored: Scored, path: str | Path | None = None, rollout: int = 0
     from matplotlib.patches import Rectangle
 
     thresholds = {"entropy_threshold": entropy_threshold, "divergence_threshold": divergence_threshold}
-    positions = scored.stats.valid[rollout].nonzero().squeeze(1).tolist()
+    positions, valid = scored.shown(rollout), scored.stats.valid[rollout].tolist()
     kept = (scored.weights(selector, seed)[rollout] > 0).tolist()
     colors = _colors(scored, rollout, color_by, thresholds)
     rows = max(1, -(-len(positions) // columns))
@@ -109,10 +115,13 @@ def heatmap_png(scored: Scored, path: str | Path | None = None, rollout: int = 0
     size = min(9.0, 0.6 * figsize[1] * 72 / (rows + 1))
     for i, t in enumerate(positions):
         x, y = i % columns, i // columns
-        ax.add_patch(Rectangle((x + 0.04, y + 0.06), 0.92, 0.88, facecolor=colors[t],
+        ax.add_patch(Rectangle((x + 0.04, y + 0.06), 0.92, 0.88, facecolor=colors[t] if valid[t] else TOOL_COLOR,
                                edgecolor="black" if kept[t] else "none", linewidth=2.0 if kept[t] else 0))
-        ax.text(x + 0.5, y + 0.5, _shown(scored.tokens[rollout][t])[:6], ha="center", va="center", fontsize=size)
-    title = f"rollout {rollout}: {len(positions)} tokens, {sum(kept)} kept (black edge); colour: {color_by}"
+        ax.text(x + 0.5, y + 0.5, _shown(scored.tokens[rollout][t])[:6], ha="center", va="center", fontsize=size,
+                color="black" if valid[t] else "#888888")
+    tools = len(positions) - sum(valid)
+    title = (f"rollout {rollout}: {sum(valid)} tokens, {sum(kept)} kept (black edge); colour: {color_by}"
+             + (f"; {tools} tool tokens (grey, context)" if tools else ""))
     fig.suptitle(title, fontsize=10)
     if color_by == "quadrant":
         from matplotlib.patches import Patch

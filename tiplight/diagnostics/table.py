@@ -46,6 +46,8 @@ class Scored:
         stats: ``TokenStats`` ``[R, C]``, normalised over these R rollouts (or over the training scope).
         step: the training step these rollouts come from, if any.
         saved_kept: keep masks ``[R, C]`` bool read from a file or a training step, by selector label.
+        context: ``[R, C]`` bool, the real tokens the student did not sample (tool turns of multi-turn
+            episodes): shown greyed out, never scored, counted or kept; None for single-turn rollouts.
     """
 
     prompts: list[str]
@@ -54,6 +56,7 @@ class Scored:
     stats: TokenStats
     step: int | None = None
     saved_kept: dict[str, Tensor] | None = None
+    context: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -136,11 +139,18 @@ class Scored:
                 f.write(json.dumps(self._line(r, kept)) + "\n")
         return path
 
+    def shown(self, rollout: int) -> list[int]:
+        """The positions of ``rollout`` a heatmap draws: its valid tokens and its context (tool) tokens."""
+        shown = self.stats.valid[rollout] | (self.context[rollout] if self.context is not None else False)
+        return shown.nonzero().squeeze(1).tolist()
+
     def _line(self, r: int, kept: dict[str, Tensor]) -> dict[str, Any]:
         valid = self.stats.valid[r]
         n = int(valid.nonzero().max()) + 1 if valid.any() else 0  # up to the last valid position
         s = self.stats
+        context = {} if self.context is None else {"context": self.context[r, :n].int().tolist()}
         return {
+            **context,
             "rollout": r, "step": self.step, "prompt": self.prompts[r], "completion": self.completions[r],
             "token_ids": self.token_ids[r, :n].tolist(), "tokens": self.tokens[r][:n],
             "valid": valid[:n].int().tolist(),
@@ -170,6 +180,7 @@ def from_lines(lines: list[dict[str, Any]], step: int | None = None) -> Scored:
         stats=TokenStats.from_raw(entropy, rkl, fkl, rows("valid", torch.long)),
         step=step,
         saved_kept=saved,
+        context=rows("context", torch.long).bool() if all("context" in line for line in lines) else None,
     )
 
 
@@ -187,7 +198,7 @@ def read_jsonl(path: str | Path) -> list[Scored]:
 
 
 def decode_tokens(tokenizer: Any, token_ids: Tensor, valid: Tensor) -> list[list[str]]:
-    """Text of each token ``[R, C]`` on its own ("" where not valid); special tokens are kept."""
+    """Text of each token ``[R, C]`` on its own ("" where not ``valid``); special tokens are kept."""
     cache: dict[int, str] = {}
     out = []
     for ids, ok in zip(token_ids.tolist(), valid.tolist()):
@@ -211,5 +222,7 @@ def from_step(record: Any, tokenizer: Any, max_rollouts: int | None = None, labe
     prompt_ids = rollout.input_ids[rows, : rollout.prompt_length].cpu()
     prompt_mask = rollout.attention_mask[rows, : rollout.prompt_length].bool().cpu()
     prompts = [tokenizer.decode(p[m].tolist()) for p, m in zip(prompt_ids, prompt_mask)]
-    return Scored(prompts, ids, decode_tokens(tokenizer, ids, stats.valid), stats, step,
-                  {label: record.weights[rows].cpu() > 0})
+    # real tokens the student did not sample: the tool turns of multi-turn episodes (none in single-turn)
+    context = rollout.attention_mask[rows, rollout.prompt_length :].bool().cpu() & ~stats.valid
+    return Scored(prompts, ids, decode_tokens(tokenizer, ids, stats.valid | context), stats, step,
+                  {label: record.weights[rows].cpu() > 0}, context if context.any() else None)

@@ -16,6 +16,7 @@ from tiplight.envs.metrics import avg_at_k, best_at_k, scores_at_k
 from tiplight.envs.render import ChatRenderer
 from tiplight.envs.tools import Tool, ToolCall, argument_error, parse_tool_calls, run_calls
 from tiplight.envs.toy import ToyLookup
+from tiplight.envs.training import EpisodeDataModule, episode_batch, sample_episodes
 
 __all__ = [
     "AgentRollout",
@@ -24,6 +25,7 @@ __all__ = [
     "EndReason",
     "Environment",
     "Episode",
+    "EpisodeDataModule",
     "Segment",
     "Split",
     "Tool",
@@ -34,6 +36,7 @@ __all__ = [
     "avg_at_k",
     "best_at_k",
     "engine_turns",
+    "episode_batch",
     "get_environment",
     "hard_constraints",
     "list_environments",
@@ -41,6 +44,7 @@ __all__ = [
     "register_environment",
     "run_calls",
     "run_episodes",
+    "sample_episodes",
     "scores_at_k",
     "turn_keys",
 ]

@@ -31,13 +31,16 @@ class ToyLookup(Environment):
         train_size: problems in the train split.
         test_size: problems in the test split (none of them also in train).
         seed: seeds the problem generator (the same seed gives the same problems).
+        named_prices: the tool answers ``"<item> <price>"`` instead of the bare price (the embedded agent
+            world's models read the item beside its price).
         max_turns: see ``Environment``.
         max_tokens: see ``Environment``.
         tool_timeout: see ``Environment``.
     """
 
     def __init__(self, items_per_problem: int = 3, max_price: int = 50, train_size: int = 1000, test_size: int = 200,
-                 seed: int = 0, max_turns: int = 6, max_tokens: int = 512, tool_timeout: float = 5.0) -> None:
+                 seed: int = 0, named_prices: bool = False, max_turns: int = 6, max_tokens: int = 512,
+                 tool_timeout: float = 5.0) -> None:
         super().__init__(max_turns, max_tokens, tool_timeout)
         if not 2 <= items_per_problem <= len(ITEMS):
             raise ValueError(f"items_per_problem={items_per_problem!r} is invalid; use 2 to {len(ITEMS)}.")
@@ -45,7 +48,7 @@ class ToyLookup(Environment):
             raise ValueError(f"max_price={max_price!r} is invalid; it must be at least items_per_problem "
                              f"({items_per_problem}), as prices within a problem differ.")
         self.items_per_problem, self.max_price = items_per_problem, max_price
-        self.train_size, self.test_size, self.seed = train_size, test_size, seed
+        self.train_size, self.test_size, self.seed, self.named_prices = train_size, test_size, seed, named_prices
 
     def problems(self, split: Split) -> list[dict[str, Any]]:
         if split not in ("train", "test"):
@@ -80,7 +83,9 @@ class ToyLookup(Environment):
         prices: dict[str, int] = problem["prices"]
 
         def price(item: str) -> str:
-            return str(prices[item]) if item in prices else f"no item {item!r} in this shop."
+            if item not in prices:
+                return f"no item {item!r} in this shop."
+            return f"{item} {prices[item]}" if self.named_prices else str(prices[item])
 
         return {"price": Tool("price", "the price of one item of the shop", PRICE_PARAMETERS, price)}
 

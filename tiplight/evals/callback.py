@@ -1,7 +1,9 @@
-"""`MathEvalCallback`: sample, grade and score math benchmarks during fit or in a `validate` run.
+"""`MathEvalCallback`: sample, grade and score math benchmarks during fit or in a `validate` run, and the
+test split of the module's environment (benchmark name `environment`: Avg@k / Best@k of episode scores).
 
-The callback talks to the LightningModule only through `format_prompt(problem, instruction)` and
-`generate_completions(prompts, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed)`.
+The callback talks to the LightningModule only through `format_prompt(problem, instruction)`,
+`generate_completions(prompts, *, num_samples, temperature, top_p, top_k, max_new_tokens, seed)` and, for
+`environment`, its `environment` and `generate_episodes(problems, *, ..., first_key)`.
 Problems are sharded by rank, records gathered to every rank, metrics computed identically everywhere.
 """
 
@@ -23,13 +25,15 @@ from tiplight.evals.grader import grade_many
 from tiplight.evals.metrics import compute_metrics, majority_vote
 
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+ENVIRONMENT = "environment"  # the benchmark name of model.environment's test split
 
 
 class MathEvalCallback(pl.Callback):
     """Evaluate the student on math benchmarks.
 
     Args:
-        benchmarks: registered names (`math500`, `aime24`, `aime25`, ...) or JSONL paths.
+        benchmarks: registered names (`math500`, `aime24`, `aime25`, ...) or JSONL paths; `environment`: the
+            test split of `model.environment`, scored by the environment (`accuracy` is then Avg@k).
         num_samples: completions per problem (k of mean@k / pass@k / maj@k; the paper: 16).
         temperature: sampling temperature (the paper: 1.0); 0 means greedy.
         top_p: nucleus sampling threshold.
@@ -126,8 +130,12 @@ class MathEvalCallback(pl.Callback):
         try:
             with torch.no_grad():
                 for name in self.benchmarks:
-                    records = self._gather(self._run_shard(trainer, pl_module, name, moment))
-                    results[self._label(name)] = compute_metrics(records, self.num_samples)
+                    if name == ENVIRONMENT:
+                        records = self._gather(self._run_episodes(trainer, pl_module, moment))
+                        results[name] = episode_metrics(records, self.num_samples)
+                    else:
+                        records = self._gather(self._run_shard(trainer, pl_module, name, moment))
+                        results[self._label(name)] = compute_metrics(records, self.num_samples)
                     if trainer.is_global_zero:
                         self._write_records(log_dir, moment, self._label(name), records)
         finally:
@@ -140,6 +148,8 @@ class MathEvalCallback(pl.Callback):
         return results
 
     def _problems(self, name: str) -> list[dict]:
+        if name == ENVIRONMENT:  # the module's environment gives them at evaluation
+            return []
         if name not in self._loaded:  # read once; every evaluation uses the same problems
             problems = load_benchmark(name)
             self._loaded[name] = problems[: self.limit] if self.limit else problems
@@ -171,6 +181,35 @@ class MathEvalCallback(pl.Callback):
             if trainer.is_global_zero:
                 done = min(len(everything), (start + len(chunk)) * trainer.world_size)
                 phase_progress(f"math eval ({moment}) {self._label(name)}", done, len(everything), "problems", started)
+        return records
+
+    def _run_episodes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, moment: str) -> list[dict]:
+        """Run and score this rank's share of the environment's test problems (contiguous, keyed by their
+        index in the whole split, so the scores do not depend on the number of ranks or the batch size)."""
+        from tiplight.data import share
+
+        env = getattr(pl_module, "environment", None)
+        if env is None:
+            raise ValueError(f"MathEvalCallback benchmark {ENVIRONMENT!r} scores the test split of model.environment, "
+                             "which is not set; give model.environment or remove the benchmark.")
+        everything = env.problems("test")[: self.limit] if self.limit else env.problems("test")
+        start, stop = share(len(everything), trainer.global_rank, trainer.world_size)
+        records, started = [], time.perf_counter()
+        for first in range(start, stop, self.batch_size):
+            chunk = everything[first : min(first + self.batch_size, stop)]
+            out = pl_module.generate_episodes(
+                chunk, num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                max_new_tokens=self.max_new_tokens, seed=self.seed, first_key=first * self.num_samples,
+            )  # fmt: skip
+            episodes = iter(out.episodes)
+            for index, problem in enumerate(chunk, first):
+                mine = [next(episodes) for _ in range(self.num_samples)]
+                records.append({"index": index, "id": problem["id"], "scores": [env.score(e) for e in mine],
+                                "responses": [e.last_text for e in mine], "turns": [e.turns for e in mine],
+                                "tool_calls": [e.tool_calls for e in mine], "ends": [e.end for e in mine]})
+            if trainer.is_global_zero:
+                done = min(len(everything), (first - start + len(chunk)) * trainer.world_size)
+                phase_progress(f"eval ({moment}) {ENVIRONMENT}", done, len(everything), "problems", started)
         return records
 
     def _grade_chunk(self, chunk: list[tuple[int, dict]], completions: list[list[str]]) -> list[dict]:
@@ -220,11 +259,25 @@ class MathEvalCallback(pl.Callback):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def episode_metrics(records: list[dict], k: int) -> dict[str, float]:
+    """Avg@k and Best@k of the records' episode scores (``accuracy`` = Avg@k), mean turns and tool calls."""
+    from tiplight.envs.metrics import avg_at_k, best_at_k
+
+    scores = torch.tensor([r["scores"] for r in records], dtype=torch.float).view(len(records), k)  # [n, k]
+    mean = lambda field: float(torch.tensor([r[field] for r in records], dtype=torch.float).mean())  # noqa: E731
+    avg = avg_at_k(scores)
+    return {"num_problems": float(len(records)), f"avg@{k}": avg, f"best@{k}": best_at_k(scores), "accuracy": avg,
+            "turns": mean("turns"), "tool_calls": mean("tool_calls")}
+
+
 def summary_table(moment: str, results: dict[str, dict[str, float]], k: int) -> str:
-    """A plain-text table of the headline metrics per benchmark."""
+    """A plain-text table of the headline metrics per benchmark (Avg@k / Best@k for an environment)."""
     columns = [f"mean@{k}", "pass@1", f"pass@{k}", f"maj@{k}"]
     columns = list(dict.fromkeys(columns))
-    lines = [f"math eval ({moment})", f"{'benchmark':14} {'n':>5} " + " ".join(f"{c:>9}" for c in columns)]
+    if ENVIRONMENT in results:
+        columns = [*(columns if len(results) > 1 else []), f"avg@{k}", f"best@{k}"]
+    title = "eval" if ENVIRONMENT in results else "math eval"
+    lines = [f"{title} ({moment})", f"{'benchmark':14} {'n':>5} " + " ".join(f"{c:>9}" for c in columns)]
     for bench, metrics in results.items():
         cells = " ".join(f"{100 * metrics.get(c, float('nan')):>8.1f}%" for c in columns)
         lines.append(f"{bench:14} {int(metrics['num_problems']):>5} {cells}")

@@ -31,7 +31,7 @@ STUDENT_SFT = SFTSpec(steps=500, batch_size=32, lr=3e-3, warmup=100, min_lr_frac
 TRAIN_PROBLEMS = 20_000  # the default train split; the teacher cycles over it about three times
 
 
-def _scaled(spec: SFTSpec, budget: float) -> SFTSpec:
+def scaled(spec: SFTSpec, budget: float) -> SFTSpec:
     """``spec`` with its steps (and warm-up) scaled by ``budget``; at least 2 steps."""
     steps = max(2, round(spec.steps * budget))
     return replace(spec, steps=steps, warmup=max(1, min(spec.warmup, steps // 4)))
@@ -73,8 +73,8 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         save_tokenizer(out / "tokenizer")
         train, test = load_problems("train", TRAIN_PROBLEMS), load_problems("test", eval_n or HELD_OUT)
         runs = {
-            "teacher": _train_one("teacher", _scaled(TEACHER_SFT, budget), out, train, seed),
-            "student": _train_one("student", _scaled(STUDENT_SFT, budget), out, train, seed + 1),
+            "teacher": _train_one("teacher", scaled(TEACHER_SFT, budget), out, train, seed),
+            "student": _train_one("student", scaled(STUDENT_SFT, budget), out, train, seed + 1),
         }
         for run in runs.values():
             run["test_accuracy"] = accuracy(run.pop("model"), test, tokenizer=build_tokenizer())
@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--budget", type=float, default=1.0, help="scales training steps (1.0 = shipped recipe)")
     b.add_argument("--seed", type=int, default=0, help="base seed (teacher: seed, student: seed + 1)")
+    b.add_argument("--world", choices=("math", "agent"), default="math",
+                   help="math: the arithmetic world (tokenizer, teacher, student); agent: the tool-use world "
+                        "(ToyLookup; tiplight/toy/agent.py)")
     e = sub.add_parser("eval", help="greedy test accuracy of toy models (default: the shipped pair)")
     e.add_argument("models", nargs="*", type=Path, help="HF model directories")
     e.add_argument("--n", type=int, default=None, help="test problems (default: all 1,200)")
@@ -111,6 +114,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """``tiplight toy build|eval``; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "build" and args.world == "agent":
+        from tiplight.toy.agent import build_agent
+
+        report = build_agent(args.out, budget=args.budget, seed=args.seed)
+        for name in ("teacher", "student"):
+            run = report[name]
+            print(f"{name}: probe Avg@4 {run['probe_score']:.2f}, greedy {run['probe_greedy']:.2f} ({run['seconds']:.0f}s)")
+        print(f"total {report['total_seconds']:.0f}s -> {args.out}")
+        return 0
     if args.command == "build":
         report = build(args.out, budget=args.budget, seed=args.seed)
         for name in ("teacher", "student"):

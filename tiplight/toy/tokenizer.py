@@ -7,6 +7,7 @@ every reference solution during training so generation stops. No chat template: 
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
@@ -20,20 +21,26 @@ BOXED = "\\boxed{"
 CHARACTERS = string.digits + string.ascii_letters + " \n+-*/=()?{}\\.,:^_"
 
 
-def vocabulary() -> dict[str, int]:
-    """Token -> id; the special tokens come first (pad=0, bos=1, eos=2, unk=3)."""
-    tokens = [PAD, BOS, EOS, UNK, BOXED, *CHARACTERS]
+def vocabulary(words: tuple[str, ...] = (BOXED,)) -> dict[str, int]:
+    """Token -> id; the special tokens come first (pad=0, bos=1, eos=2, unk=3), then ``words`` (multi-character
+    tokens), then the characters."""
+    tokens = [PAD, BOS, EOS, UNK, *words, *CHARACTERS]
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The toy tokenizer as a ``PreTrainedTokenizerFast`` (left padding, for batched generation)."""
-    tok = Tokenizer(models.WordLevel(vocab=vocabulary(), unk_token=UNK))
-    # Split into `\boxed{` or any single character (including spaces and newlines), kept verbatim.
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|[\s\S]"), behavior="isolated")
+def build_tokenizer(words: tuple[str, ...] = (BOXED,), chat_template: str | None = None) -> PreTrainedTokenizerFast:
+    """The toy tokenizer as a ``PreTrainedTokenizerFast`` (left padding, for batched generation). ``words``
+    are single tokens (the math world's ``\\boxed{``; the agent world's tool-call pieces and item names),
+    matched longest first; every other character is its own token."""
+    vocab = vocabulary(words)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # Split into a word or any single character (including spaces and newlines), kept verbatim.
+    pattern = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{pattern}|[\\s\\S]" if words else r"[\s\S]"),
+                                             behavior="isolated")
     tok.decoder = decoders.Fuse()  # concatenate tokens; no spaces are inserted between them
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocabulary()[BOS])]
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -43,6 +50,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         unk_token=UNK,
         padding_side="left",
         model_max_length=256,
+        chat_template=chat_template,
     )
 
 

@@ -99,10 +99,12 @@ def train_sft(
     log_every: int = 250,
     log: Callable[[str], object] = print,
     hook: Callable[[int], str] | None = None,
+    batch_fn: Callable[[list[dict], PreTrainedTokenizerBase], dict[str, torch.Tensor]] = sft_batch,
 ) -> dict:
     """Train ``model`` in place on ``problems`` (cycled in a seeded order); returns loss and time.
 
     ``hook(step)`` runs every ``log_every`` steps (e.g. a quick accuracy probe); its text joins the log line.
+    ``batch_fn`` turns problems into ``input_ids`` / ``attention_mask`` / ``labels`` (default: ``sft_batch``).
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.95))
@@ -112,7 +114,7 @@ def train_sft(
     for step in range(spec.steps):
         if cursor + spec.batch_size > len(order):
             order, cursor = torch.randperm(len(problems), generator=gen).tolist(), 0
-        batch = sft_batch([problems[i] for i in order[cursor : cursor + spec.batch_size]], tokenizer)
+        batch = batch_fn([problems[i] for i in order[cursor : cursor + spec.batch_size]], tokenizer)
         cursor += spec.batch_size
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
