@@ -108,10 +108,16 @@ def test_the_shipped_overconfident_pair_puts_q3_in_the_papers_range(scored) -> N
 
 @needs_assets
 def test_planted_errors_are_confident_and_divergent(scored) -> None:
-    """At planted-error positions the student is surer than on average and further from the teacher."""
-    for s in scored:
-        planted = planted_positions(planted_error_mask, s.prompts, s.tokens, s.stats.valid)
-        assert planted.sum() > 0
-        entropy, rkl, valid = s.stats.entropy_hat, s.stats.rkl_hat, s.stats.valid
-        assert entropy[planted].mean() < entropy[valid].mean()
-        assert rkl[planted].mean() > rkl[valid].mean()
+    """At planted-error positions the student is surer than usual and far from the teacher: the median
+    entropy (the typical token; a few planted positions the student learned less firmly carry most of the
+    mean) is lower than over all tokens, the mean reverse KL many times higher, and most of them are Q3."""
+    from tiplight.selection import quadrant_shares
+
+    planted = [planted_positions(planted_error_mask, s.prompts, s.tokens, s.stats.valid) for s in scored]
+    pick = lambda name, masks: torch.cat([getattr(s.stats, name)[m] for s, m in zip(scored, masks)])  # noqa: E731
+    valid = [s.stats.valid for s in scored]
+    assert sum(int(p.sum()) for p in planted) >= 10
+    assert pick("entropy", planted).median() < pick("entropy", valid).median()
+    assert pick("rkl", planted).mean() > 10 * pick("rkl", valid).mean()
+    ids = torch.cat([s.quadrants()[p] for s, p in zip(scored, planted)])
+    assert quadrant_shares(ids, torch.ones_like(ids))["Q3"] > 0.5

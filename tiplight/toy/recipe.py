@@ -135,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         report = build(args.out, budget=args.budget, seed=args.seed, overconfident=args.overconfident,
                        teacher=args.teacher)
         for name in ("teacher", "student"):
-            print(
-                f"{name}: test accuracy {report[name]['test_accuracy']:.3f} ({report[name]['seconds']:.0f}s)"
-            )
+            run = report[name]
+            how = f"reused {run['reused']}" if "reused" in run else f"{run['seconds']:.0f}s"
+            print(f"{name}: test accuracy {run['test_accuracy']:.3f} ({how})")
         print(f"total {report['total_seconds']:.0f}s -> {args.out}")
         return 0
     from tiplight.toy import student_dir, teacher_dir
