@@ -18,6 +18,7 @@ from tiplight import toy
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (toy.OVERCONFIDENT_ASSETS / "build.json").exists(),
                     reason="overconfident toy student not built (tiplight toy build --overconfident)")
 def test_fit_on_the_overconfident_world_logs_planted_recall_and_head_flops(tmp_path: Path) -> None:
