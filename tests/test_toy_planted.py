@@ -48,7 +48,7 @@ def _carries(problem: dict) -> int:
 def test_the_mask_marks_one_token_per_carry_of_the_true_working() -> None:
     tokenizer = build_tokenizer()
     for problem in toy.load_problems("test", 300):
-        ids = tokenizer(problem["solution"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ids = [*tokenizer(problem["solution"], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
         tokens = tokenizer.convert_ids_to_tokens(ids)
         mask = planted_error_mask(problem["prompt"], tokens)
         assert len(mask) == len(tokens) and sum(mask) == _carries(problem), problem["solution"]
