@@ -319,11 +319,13 @@ def test_compute_matched_column_against_a_direct_interpolation(tmp_path):
     half = next(line for line in text.splitlines() if line.startswith("| half |")).split(" | ")
     assert half[5] == f"{100 * i.mean:.1f} ± {100 * i.half_width:.1f}" and half[-1] == "0.00 |"
     assert "at equal head FLOPs" in text and "| half | 25.0 | 10.0 | 2.0 |" in planted_table(rows)
+    assert (out / "compute.png").stat().st_size > 1000
     curve = {0: 0.4, 5: 0.45, 10: 0.6}
     assert accuracy_at_cost(curve, 10, 1000.0, 2000.0) == 0.6 and accuracy_at_cost(curve, 10, 1000.0, 0.0) == 0.4
     assert math.isclose(accuracy_at_cost(curve, 10, 1000.0, 750.0), 0.525)
 
 
 def test_report_without_costs_or_planted_errors_has_neither_column(tmp_path):
-    text = report(fake_study(tmp_path))
-    assert "head FLOPs" not in text and "Planted errors" not in text
+    out = fake_study(tmp_path)
+    text = report(out)
+    assert "head FLOPs" not in text and "Planted errors" not in text and not (out / "compute.png").exists()

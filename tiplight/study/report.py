@@ -1,7 +1,7 @@
 """A study's report: ``results.csv`` (one row per run, with the command that reproduces it) from the runs'
 ``summary.json``, then everything else from ``results.csv`` alone: a Markdown table of mean and 95% CI per
 setting, paired differences against the baseline over the same seeds (also at equal update cost), the
-planted-error recall of a world that has planted errors, and three plots.
+planted-error recall of a world that has planted errors, and the plots (``compute.png`` with costs).
 
 The compute-matched view measures the update's cost as its kept-token head FLOPs (6 d V per kept token,
 summed over the run: ``cost/head_flops``), the part of the update a selector sets. It is a count, not a
@@ -206,7 +206,28 @@ def plot(rows: list[dict[str, str]], out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
+    flops = by_setting(rows, "head_flops")
+    if flops:
+        paths.append(_plot_compute(plt, stats, flops, out / "compute.png"))
     return paths
+
+
+def _plot_compute(plt, stats: dict[str, Interval], flops: dict[str, dict[int, float]], path: Path) -> Path:
+    """``compute.png``: final accuracy (mean and 95% CI) against the update's kept-token head FLOPs."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting, acc in stats.items():
+        cost = interval(list(flops.get(setting, {}).values())).mean / 1e9
+        ax.errorbar([cost], [100 * acc.mean], yerr=[0 if math.isnan(acc.half_width) else 100 * acc.half_width],
+                    fmt="o", capsize=4, label=setting)
+    ax.set_xscale("log")
+    ax.set_xlabel("kept-token head GFLOPs of the update, whole run (log scale)")
+    ax.set_ylabel("accuracy after training (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def unreadable(study: Study) -> list[str]:
