@@ -121,3 +121,30 @@ def test_planted_errors_are_confident_and_divergent(scored) -> None:
     assert pick("rkl", planted).mean() > 10 * pick("rkl", valid).mean()
     ids = torch.cat([s.quadrants()[p] for s, p in zip(scored, planted)])
     assert quadrant_shares(ids, torch.ones_like(ids))["Q3"] > 0.5
+
+
+@needs_assets
+def test_the_shipped_student_is_small_shares_the_tokenizer_and_follows_the_planted_rule() -> None:
+    """3.5 MB beside the reused teacher; on 40 test problems its greedy answers are the carry-free ones
+    where it is right about them, so its accuracy is at most the share of problems that need no carry."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiplight.toy.evaluate import boxed_answer, generate_responses
+
+    files = [f for f in toy.OVERCONFIDENT_ASSETS.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 4 * 2**20
+    assert AutoTokenizer.from_pretrained(toy.overconfident_student_dir()).get_vocab() == \
+        AutoTokenizer.from_pretrained(toy.tokenizer_dir()).get_vocab()
+    build = json.loads((toy.OVERCONFIDENT_ASSETS / "build.json").read_text())
+    assert build["teacher"]["reused"] == "tiplight/toy/assets/teacher" and "--overconfident" in build["command"]
+    problems = toy.load_problems("test", 40)
+    model = AutoModelForCausalLM.from_pretrained(toy.overconfident_student_dir())
+    answers = [boxed_answer(r) for r in generate_responses(model, build_tokenizer(), [p["prompt"] for p in problems])]
+    planted = [p["answer"] for p in load_planted_problems("test", 40)]
+    true = [p["answer"] for p in problems]
+    follows = sum(a == b for a, b in zip(answers, planted)) / len(problems)
+    correct = sum(a == b for a, b in zip(answers, true)) / len(problems)
+    needs_no_carry = sum(a == b for a, b in zip(planted, true)) / len(problems)
+    assert follows >= 0.6 and correct <= needs_no_carry and follows - correct >= 0.3
