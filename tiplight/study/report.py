@@ -104,7 +104,8 @@ def compute_matched(rows: list[dict[str, str]], baseline: str) -> dict[str, dict
 
     A selector that kept a tenth of the tokens is compared with the baseline after a tenth of its head
     work (``accuracy_at_cost``), not after the same number of steps."""
-    done = [r for r in rows if r["status"] == "done" and r["head_flops"] not in ("", "None")]
+    done = [r for r in rows if r["status"] == "done" and r["accuracy_curve"]  # runs without evaluations: none
+            and all(r[c] not in ("", "None") for c in ("head_flops", "accuracy_after"))]
     base = {int(r["seed"]): r for r in done if r["setting"] == baseline}
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for row in done:
