@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from helpers import make_data, make_module, make_trainer
@@ -29,8 +30,6 @@ def run(tiny, prompts_file, tmp_path_factory):
 
 
 def test_callback_writes_pictures_and_rollouts(run):
-    from pathlib import Path
-
     from matplotlib.image import imread
 
     log_dir, module = run
@@ -104,3 +103,37 @@ def test_analyze_bad_input_is_one_clear_error(run, tmp_path, capsys, args, messa
     with pytest.raises(SystemExit) as exit_:
         cli_main(["analyze", *args])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def digits(prompt: str, tokens: list[str]) -> list[bool]:
+    """A stand-in planted-error mask for the tiny run (its tokens are not the toy world's): every digit."""
+    return [t.strip().isdigit() for t in tokens]
+
+
+def test_analyze_reports_planted_error_recall_against_direct_counts(run, capsys):
+    from tiplight.diagnostics.analyze import kept_sets, parse_selector
+
+    assert analyze_main([run[0], "--json", "--selectors", "SoftOrTopK:0.5", "AllTokens",
+                         "--planted", "test_diagnostics_run.digits"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    scopes = [s for path in sorted(Path(run[0]).rglob("rollouts.jsonl")) for s in read_jsonl(path)]
+    kept = kept_sets(scopes, {"SoftOrTopK:0.5": parse_selector("SoftOrTopK:0.5")}, 0)["SoftOrTopK:0.5"]
+    hits = planted = n_kept = valid = 0
+    for s, keep in zip(scopes, kept):
+        for r, row in enumerate(s.tokens):
+            for t, token in enumerate(row):
+                if s.stats.valid[r, t]:
+                    is_digit = token.strip().isdigit()
+                    valid, planted = valid + 1, planted + is_digit
+                    n_kept, hits = n_kept + bool(keep[r, t]), hits + (is_digit and bool(keep[r, t]))
+    assert planted > 0
+    assert report["planted"]["SoftOrTopK:0.5"] == pytest.approx(
+        {"recall": hits / planted, "precision": hits / n_kept, "share": planted / valid})
+    assert report["planted"]["AllTokens"] == pytest.approx({"recall": 1.0, "precision": planted / valid,
+                                                            "share": planted / valid})
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["analyze", run[0], "--planted", "test_diagnostics_run.digits"])
+    assert exit_.value.code == 0 and "## Planted errors" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["analyze", run[0], "--planted", "no.such.mask"])
+    assert exit_.value.code == 2 and "--planted='no.such.mask' is not an importable function" in capsys.readouterr().err

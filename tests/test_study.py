@@ -291,3 +291,41 @@ def test_a_failed_run_may_be_retried_with_other_arguments(tmp_path, tiny, prompt
     (Path(study.runs()[0].folder) / "failed.json").write_text("{}")
     assert main([*args, "--dry-run", "--", "--model.chunk_size=8"]) == 0
     assert "--model.chunk_size=8" in capsys.readouterr().out
+
+
+def test_compute_matched_column_against_a_direct_interpolation(tmp_path):
+    """A selector is compared with the baseline after the baseline spent as many kept-token head FLOPs."""
+    from tiplight.study.report import accuracy_at_cost, compute_matched, planted_table
+
+    out = fake_study(tmp_path)
+    flops = {"all": 1000.0, "half": 400.0}
+    for summary in (out / "runs").rglob("summary.json"):
+        data = json.loads(summary.read_text())
+        setting = summary.parent.parent.name
+        data.update({"cost/head_flops": flops[setting], "planted/recall": 0.25 if setting == "half" else 1.0,
+                     "planted/precision": 0.1, "planted/share": 0.02})
+        if setting == "all":  # a three-point curve: the interpolation must pick the right segment
+            data["accuracy_curve"] = {"0": 0.4, "5": 0.45, "10": data["accuracy_after"]}
+        summary.write_text(json.dumps(data))
+    text = report(out)
+    rows = read_csv(out / "results.csv")
+    after = {(r["setting"], int(r["seed"])): float(r["accuracy_after"]) for r in rows if r["status"] == "done"}
+    # direct: half spent 400 of all's 1000 FLOPs over 10 steps -> all's step 4: 0.4 + 0.05 * 4 / 5 = 0.44
+    direct = {s: after[("half", s)] - 0.44 for s in (0, 1)}
+    got = compute_matched(rows, "all")
+    assert got.keys() == {"all", "half"} and all(math.isclose(got["half"][s], direct[s]) for s in (0, 1))
+    assert all(math.isclose(got["all"][s], 0.0, abs_tol=1e-12) for s in (0, 1, 2))  # itself, at its own cost
+    i = interval(list(direct.values()))
+    half = next(line for line in text.splitlines() if line.startswith("| half |")).split(" | ")
+    assert half[5] == f"{100 * i.mean:.1f} ± {100 * i.half_width:.1f}" and half[-1] == "0.00 |"
+    assert "at equal head FLOPs" in text and "| half | 25.0 | 10.0 | 2.0 |" in planted_table(rows)
+    assert (out / "compute.png").stat().st_size > 1000
+    curve = {0: 0.4, 5: 0.45, 10: 0.6}
+    assert accuracy_at_cost(curve, 10, 1000.0, 2000.0) == 0.6 and accuracy_at_cost(curve, 10, 1000.0, 0.0) == 0.4
+    assert math.isclose(accuracy_at_cost(curve, 10, 1000.0, 750.0), 0.525)
+
+
+def test_report_without_costs_or_planted_errors_has_neither_column(tmp_path):
+    out = fake_study(tmp_path)
+    text = report(out)
+    assert "head FLOPs" not in text and "Planted errors" not in text and not (out / "compute.png").exists()

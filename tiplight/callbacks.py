@@ -18,14 +18,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from tiplight.files import write_text
 from tiplight.teachers import TeacherServerError
 
-# per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares)
-_MEAN_PREFIXES = ("train/kept_fraction", "quadrant/")
+# per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares, the recall of
+# planted errors in a world that has them); a step where one is NaN (no planted token) does not count for it
+_MEAN_PREFIXES = ("train/kept_fraction", "quadrant/", "planted/")
+_SUM_PREFIXES = ("cost/",)  # per-step costs summed over the run (the update's kept-token head FLOPs)
 
 
 class RunSummary(L.Callback):
     """At the end of fit: export the student as a HF directory, print accuracy before and after
     (from a ``MathEvalCallback`` with ``at_fit_start`` and ``at_fit_end``) and write ``summary.json``:
-    accuracies, the accuracy at every evaluated step, the run's mean kept fraction and quadrant shares,
+    accuracies, the accuracy at every evaluated step, the run's mean kept fraction and quadrant shares
+    (and planted-error recall, when the world has planted errors), the total kept-token head FLOPs,
     wall time and peak memory. A folder that already holds a finished run is refused at start-up.
 
     Args:
@@ -38,17 +41,20 @@ class RunSummary(L.Callback):
         self.export, self.merge_lora = export, merge_lora
         self.summary: dict[str, Any] = {}
         self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}  # steps with a finite value, per metric
         self._steps = 0
         self._start = 0.0
         self._seconds_before = 0.0  # fit time before a resume (kept in checkpoints)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": self._sums, "steps": self._steps,
+        return {"sums": self._sums, "counts": self._counts, "steps": self._steps,
                 "seconds": self._seconds_before + time.perf_counter() - self._start}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._sums = dict(state_dict.get("sums", {}))
         self._steps = int(state_dict.get("steps", 0))
+        # checkpoints from before per-metric counts: every metric was finite at every step
+        self._counts = dict(state_dict.get("counts", dict.fromkeys(self._sums, self._steps)))
         self._seconds_before = float(state_dict.get("seconds", 0.0))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -61,8 +67,9 @@ class RunSummary(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         for name, value in trainer.callback_metrics.items():
-            if name.startswith(_MEAN_PREFIXES) and torch.isfinite(value):
+            if name.startswith(_MEAN_PREFIXES + _SUM_PREFIXES) and torch.isfinite(value):
                 self._sums[name] = self._sums.get(name, 0.0) + float(value)
+                self._counts[name] = self._counts.get(name, 0) + 1
         self._steps += 1
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -79,7 +86,8 @@ class RunSummary(L.Callback):
             "steps": trainer.global_step,
             "wall_seconds": round(self._seconds_before + time.perf_counter() - self._start, 1),
             "peak_memory_mib": round(peak_memory_mib(pl_module.device), 1),
-            **{name: total / max(self._steps, 1) for name, total in sorted(self._sums.items())},
+            **{name: total if name.startswith(_SUM_PREFIXES) else total / self._counts[name]
+               for name, total in sorted(self._sums.items())},
         }
         self._report(log_dir)
 

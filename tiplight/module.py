@@ -43,6 +43,7 @@ from tiplight.parallel import (
     sum_over_ranks,
 )
 from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
+from tiplight.planted import load_planted_mask, rollout_planted
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.schedule import lr_factor
 from tiplight.seeding import derived_seed, resolve_seed
@@ -118,6 +119,10 @@ class DistillModule(L.LightningModule):
         environment: multi-turn episodes with tools (any ``tiplight.envs.Environment``, with
             ``tiplight.envs.EpisodeDataModule`` as data): only the student's own tokens are scored, selected
             and trained; tool turns are context for both models.
+        planted_errors: dotted path of the world's planted-error mask, a function (prompt, completion
+            tokens) -> list[bool] (``tiplight.toy.planted.planted_error_mask`` for the overconfident toy
+            world); then each step logs how the kept set meets them (``planted/recall``, ``precision``,
+            ``share``; with ``stats_scope: batch``, as the kept quadrant shares). None: not logged.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class DistillModule(L.LightningModule):
         engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
         environment: Environment | None = None,
+        planted_errors: str | None = None,
     ):
         super().__init__()
         for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
@@ -176,6 +182,7 @@ class DistillModule(L.LightningModule):
         self.val_sampling = val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
         self.environment = environment
+        self.planted_mask = load_planted_mask(planted_errors) if planted_errors is not None else None
         self.automatic_optimization = False
         self.student: nn.Module | None = None
         self.tokenizer = None
@@ -409,8 +416,11 @@ class DistillModule(L.LightningModule):
     def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
                  kept_fraction: torch.Tensor) -> None:
         keep = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
-        metrics = step_metrics(stats, keep, self.hparams.entropy_threshold, self.hparams.divergence_threshold)
+        planted = self.global_planted(self.last_step.rollout, stats.valid) if keep is not None else None
+        metrics = step_metrics(stats, keep, self.hparams.entropy_threshold, self.hparams.divergence_threshold,
+                               planted)
         metrics.update({"train/loss": loss, "train/kept_fraction": kept_fraction,
+                        "cost/head_flops": self.head_flops(weights),
                         "lr": self.lr_schedulers().get_last_lr()[0]})
         self.log_dict(metrics, on_step=True, prog_bar=False)
         self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
@@ -427,6 +437,22 @@ class DistillModule(L.LightningModule):
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""
         local = torch.cat([pad_right(w, valid.shape[1]) for w in weights]) > 0
         (gathered,), _ = all_gather_rows(self, [local])
+        return gathered[:, : valid.shape[1]]
+
+    def head_flops(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        """The update's kept-token head FLOPs over all ranks: 6 d V per kept token (the student lm_head's
+        forward, 2 d V, and backward, 4 d V), the part of the update whose cost the selector sets (the
+        backbone's backward runs over every position whatever is kept)."""
+        kept = sum_over_ranks(self, sum((w > 0).sum() for w in weights).double())
+        return 6 * self.student.get_output_embeddings().weight.shape[-1] * self.vocab_size * kept
+
+    def global_planted(self, rollout: Rollout, valid: torch.Tensor) -> torch.Tensor | None:
+        """The whole step's planted-error positions ``[R_global, C]`` (rows as ``global_keep``'s); None
+        unless ``model.planted_errors`` names the world's mask."""
+        if self.planted_mask is None:
+            return None
+        local = rollout_planted(self.planted_mask, self.tokenizer, rollout)  # [R, C]
+        (gathered,), _ = all_gather_rows(self, [pad_right(local, valid.shape[1])])
         return gathered[:, : valid.shape[1]]
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------

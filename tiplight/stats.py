@@ -20,7 +20,7 @@ from torch import nn
 from tiplight import losses
 from tiplight.heads import LinearHead, Workspace, chunk_logits
 from tiplight.objectives import Objective
-from tiplight.selection import TokenStats, quadrant_shares, quadrants
+from tiplight.selection import TokenStats, planted_recall, quadrant_shares, quadrants
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,12 @@ def token_stats_and_loss(
 
 
 def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
-                 divergence_threshold: float | None = None) -> dict[str, torch.Tensor | float]:
+                 divergence_threshold: float | None = None,
+                 planted: torch.Tensor | None = None) -> dict[str, torch.Tensor | float]:
     """A step's token metrics: mean entropy and KL(S||T) over valid tokens, mean completion length, and
-    TIP quadrant shares over all valid tokens (and over kept ones when ``keep`` ``[R, C]`` is given)."""
+    TIP quadrant shares over all valid tokens (and over kept ones when ``keep`` ``[R, C]`` is given);
+    with the world's planted-error positions ``planted`` ``[R, C]`` and ``keep``, their recall
+    (``planted/recall``, ``planted/precision``, ``planted/share``: ``selection.planted_recall``)."""
     valid = stats.valid
     n_valid = valid.sum().clamp(min=1)
     metrics: dict[str, torch.Tensor | float] = {
@@ -164,4 +167,6 @@ def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold
     for over, mask in (("all", valid), ("kept", keep)):
         if mask is not None:
             metrics.update({f"quadrant/{q}_{over}": share for q, share in quadrant_shares(ids, mask).items()})
+    if planted is not None and keep is not None:
+        metrics.update({f"planted/{k}": v for k, v in planted_recall(planted, keep, valid).items()})
     return metrics

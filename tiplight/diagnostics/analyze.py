@@ -4,7 +4,8 @@ Reads saved rollouts (``TipDiagnostics`` writes ``<log_dir>/diagnostics/rollouts
 ``Scored.to_jsonl`` writes the same format). Each training step in a file is one statistics scope:
 selections are recomputed per step from the saved raw statistics (``TokenStats.from_raw``), so they are
 normalised over the saved rollouts, not over the step's whole batch. Kept masks saved in the file are
-reported as ``saved:<label>``.
+reported as ``saved:<label>``. With ``--planted`` (the world's planted-error mask, e.g.
+``tiplight.toy.planted.planted_error_mask``) it also reports how each kept set meets the planted errors.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 import torch
 
 from tiplight.diagnostics.table import QUADRANT_NAMES, Scored, read_jsonl
-from tiplight.selection import Selector, get_selector, quadrant_shares
+from tiplight.planted import load_planted_mask, planted_positions
+from tiplight.selection import Selector, get_selector, planted_recall, quadrant_shares
 
 DEFAULT_SELECTORS = ("SoftOrTopK:0.5", "EntropyTopK:0.5", "OverconfidentTopK:0.2")
 
@@ -103,9 +105,20 @@ def overlap(kept: dict[str, list[torch.Tensor]]) -> list[dict[str, Any]]:
     return rows
 
 
+def planted(scopes: list[Scored], kept: dict[str, list[torch.Tensor]], path: str) -> dict[str, dict[str, float]]:
+    """``selection.planted_recall`` of each kept set against the planted errors that the mask at dotted
+    ``path`` marks on the saved rollouts, over all scopes."""
+    mark = load_planted_mask(path, "--planted")
+    truth = torch.cat([planted_positions(mark, s.prompts, s.tokens, s.stats.valid).flatten() for s in scopes])
+    valid = torch.cat([s.stats.valid.flatten() for s in scopes])
+    return {label: planted_recall(truth, torch.cat([m.flatten() for m in masks]), valid)
+            for label, masks in kept.items()}
+
+
 def analyze(source: str | Path, selectors: list[str] = DEFAULT_SELECTORS, buckets: int = 10, seed: int = 0,
-            entropy_threshold: float | None = None, divergence_threshold: float | None = None) -> dict[str, Any]:
-    """The whole report as a dict (what ``--json`` prints)."""
+            entropy_threshold: float | None = None, divergence_threshold: float | None = None,
+            planted_errors: str | None = None) -> dict[str, Any]:
+    """The whole report as a dict (what ``--json`` prints); ``planted`` only with ``planted_errors``."""
     if buckets < 1:
         raise ValueError(f"--buckets={buckets} is not allowed; use an integer >= 1.")
     files = find_files(source)
@@ -125,6 +138,7 @@ def analyze(source: str | Path, selectors: list[str] = DEFAULT_SELECTORS, bucket
         "kept_fraction": {label: sum(int(m.sum()) for m in masks) / max(valid, 1) for label, masks in kept.items()},
         "by_position": by_position(scopes, buckets),
         "overlap": overlap(kept),
+        **({"planted": planted(scopes, kept, planted_errors)} if planted_errors else {}),
     }
 
 
@@ -146,6 +160,11 @@ def markdown(report: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     lines += [f"| {r['a']} | {r['b']} | {r['intersection']} | {r['union']} | {r['jaccard']:.3f} |"
               for r in report["overlap"]]
+    if "planted" in report:
+        lines += ["", "## Planted errors (share of them kept, share of the kept set that they are)", "",
+                  "| tokens | recall | precision | planted share |", "|---|---|---|---|"]
+        lines += [f"| {label} | {r['recall']:.3f} | {r['precision']:.3f} | {r['share']:.3f} |"
+                  for label, r in report["planted"].items()]
     return "\n".join(lines)
 
 
@@ -162,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="quadrant split on normalised entropy (default: the median)")
     parser.add_argument("--divergence-threshold", type=float, default=None,
                         help="quadrant split on normalised reverse KL (default: the median)")
+    parser.add_argument("--planted", default=None, metavar="DOTTED.PATH",
+                        help="the world's planted-error mask (tiplight.toy.planted.planted_error_mask): report "
+                             "the recall of planted errors by each kept set")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     report = analyze(args.source, args.selectors, args.buckets, args.seed, args.entropy_threshold,
-                     args.divergence_threshold)
+                     args.divergence_threshold, args.planted)
     print(json.dumps(report, indent=2) if args.json else markdown(report))
     return 0

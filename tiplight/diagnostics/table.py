@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tiplight.planted import decode_tokens, prompt_texts
 from tiplight.rollout import pad_right
 from tiplight.selection import Selector, TokenStats, quadrants
 from tiplight.selection.base import selector_weights
@@ -197,15 +198,6 @@ def read_jsonl(path: str | Path) -> list[Scored]:
     return [from_lines(lines, step) for step, lines in by_step.items()]
 
 
-def decode_tokens(tokenizer: Any, token_ids: Tensor, valid: Tensor) -> list[list[str]]:
-    """Text of each token ``[R, C]`` on its own ("" where not ``valid``); special tokens are kept."""
-    cache: dict[int, str] = {}
-    out = []
-    for ids, ok in zip(token_ids.tolist(), valid.tolist()):
-        out.append([cache.setdefault(i, tokenizer.decode([i])) if v else "" for i, v in zip(ids, ok)])
-    return out
-
-
 def from_step(record: Any, tokenizer: Any, max_rollouts: int | None = None, label: str = "selector",
               step: int | None = None) -> Scored:
     """A ``Scored`` from a ``DistillModule.last_step`` record (its first ``max_rollouts`` rollouts).
@@ -219,9 +211,7 @@ def from_step(record: Any, tokenizer: Any, max_rollouts: int | None = None, labe
     stats = TokenStats(*(getattr(s, f)[rows].detach().float().cpu() if f != "valid" else s.valid[rows].cpu()
                          for f in ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")))
     ids = rollout.completion_ids[rows].cpu()
-    prompt_ids = rollout.input_ids[rows, : rollout.prompt_length].cpu()
-    prompt_mask = rollout.attention_mask[rows, : rollout.prompt_length].bool().cpu()
-    prompts = [tokenizer.decode(p[m].tolist()) for p, m in zip(prompt_ids, prompt_mask)]
+    prompts = prompt_texts(tokenizer, rollout, rows)
     # real tokens the student did not sample: the tool turns of multi-turn episodes (none in single-turn)
     context = rollout.attention_mask[rows, rollout.prompt_length :].bool().cpu() & ~stats.valid
     return Scored(prompts, ids, decode_tokens(tokenizer, ids, stats.valid | context), stats, step,

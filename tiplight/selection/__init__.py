@@ -10,7 +10,7 @@ from tiplight.selection.base import (
 )
 from tiplight.selection.baseline import AllTokens, RandomTokens
 from tiplight.selection.budget import budget_sizes, topk_mask
-from tiplight.selection.quadrant import QuadrantSelector, quadrant_shares, quadrants
+from tiplight.selection.quadrant import QuadrantSelector, planted_recall, quadrant_shares, quadrants
 from tiplight.selection.sampling import EntropySampling
 from tiplight.selection.stats import TokenStats
 from tiplight.selection.topk import DivergenceTopK, EntropyTopK, OverconfidentTopK, SoftOrTopK, TopK
@@ -34,6 +34,7 @@ __all__ = [
     "check_retain",
     "get_selector",
     "list_selectors",
+    "planted_recall",
     "quadrant_shares",
     "quadrants",
     "register_selector",

@@ -41,6 +41,24 @@ def quadrant_shares(quadrant_ids: Tensor, mask: Tensor) -> dict[str, float]:
     return dict(zip(QUADRANTS, shares.tolist()))
 
 
+def planted_recall(planted: Tensor, keep: Tensor, valid: Tensor) -> dict[str, float]:
+    """How a kept set meets a world's planted errors (``tiplight.planted``), over valid positions.
+
+    Args:
+        planted / keep / valid: bool ``[R, C]`` (keep may be float weights: nonzero = kept).
+
+    Returns:
+        {"recall": planted tokens kept / planted tokens, "precision": planted tokens kept / kept tokens,
+        "share": planted tokens / valid tokens}; NaN where the denominator is 0 (no planted, kept or valid
+        token).
+    """
+    valid = valid.bool()
+    planted, kept = planted.bool() & valid, (keep != 0) & valid
+    hits, n_planted, n_kept, n_valid = (int(x.sum()) for x in (planted & kept, planted, kept, valid))
+    ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return {"recall": ratio(hits, n_planted), "precision": ratio(hits, n_kept), "share": ratio(n_planted, n_valid)}
+
+
 def _above(x: Tensor, valid: Tensor, threshold: float | None) -> Tensor:
     """`x > threshold` `[R, C]`; the default threshold is the (lower) median of x over valid tokens."""
     if threshold is None:

@@ -1,10 +1,18 @@
 """A study's report: ``results.csv`` (one row per run, with the command that reproduces it) from the runs'
 ``summary.json``, then everything else from ``results.csv`` alone: a Markdown table of mean and 95% CI per
-setting, paired differences against the baseline over the same seeds, and two plots."""
+setting, paired differences against the baseline over the same seeds (also at equal update cost), the
+planted-error recall of a world that has planted errors, and the plots (``compute.png`` with costs).
+
+The compute-matched view measures the update's cost as its kept-token head FLOPs (6 d V per kept token,
+summed over the run: ``cost/head_flops``), the part of the update a selector sets. It is a count, not a
+timing: a rerun reproduces it exactly, on any machine and under any load, where the seconds of a shared
+machine do not. It leaves out the backbone's forward and backward, which run over every position whatever
+is kept, so it is the saving a selector could reach, not the wall time it saves."""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -13,9 +21,11 @@ from tiplight.study.grid import Study, read_summary
 from tiplight.study.stats import Interval, interval, paired
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
+PLANTED = ("recall", "precision", "share")  # planted/* of summary.json, as planted_<name> columns
 COLUMNS = ("setting", "seed", "status", "accuracy_before", "accuracy_after", "steps", "kept_fraction",
            "wall_seconds", "peak_memory_mib",
-           *(f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS), "accuracy_curve", "command")
+           *(f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS), *(f"planted_{p}" for p in PLANTED),
+           "head_flops", "accuracy_curve", "command")
 
 
 def collect(study: Study) -> list[dict[str, object]]:
@@ -30,6 +40,8 @@ def collect(study: Study) -> list[dict[str, object]]:
             row.update(status="done", accuracy_before=s.get("accuracy_before"), accuracy_after=s.get("accuracy_after"),
                        steps=s.get("steps"), kept_fraction=s.get("train/kept_fraction"),
                        wall_seconds=s.get("wall_seconds"), peak_memory_mib=s.get("peak_memory_mib"),
+                       head_flops=s.get("cost/head_flops", ""),
+                       **{f"planted_{p}": s.get(f"planted/{p}", "") for p in PLANTED},
                        accuracy_curve=" ".join(f"{k}:{v:.4f}" for k, v in s.get("accuracy_curve", {}).items()))
             for q in QUADRANTS:
                 for over in ("all", "kept"):
@@ -61,14 +73,48 @@ def by_setting(rows: list[dict[str, str]], column: str) -> dict[str, dict[int, f
     return dict(out)
 
 
+def curve_points(text: str) -> dict[int, float]:
+    """``{step: accuracy}`` of one ``accuracy_curve`` cell (``"0:0.4650 50:0.5810"``)."""
+    return {int(step): float(acc) for step, acc in (point.split(":") for point in text.split())}
+
+
 def curves(rows: list[dict[str, str]]) -> dict[str, dict[int, list[float]]]:
     """``setting -> {step: [accuracy per seed]}`` from the ``accuracy_curve`` column."""
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        for point in row["accuracy_curve"].split() if row["status"] == "done" else ():
-            step, acc = point.split(":")
-            out[row["setting"]][int(step)].append(float(acc))
+        for step, acc in curve_points(row["accuracy_curve"] if row["status"] == "done" else "").items():
+            out[row["setting"]][step].append(acc)
     return {k: dict(v) for k, v in out.items()}
+
+
+def accuracy_at_cost(curve: dict[int, float], steps: int, total: float, cost: float) -> float:
+    """A run's accuracy once it had spent ``cost`` head FLOPs: linear along its ``curve`` (step -> accuracy),
+    its ``total`` FLOPs spread evenly over its ``steps`` steps; its last accuracy from ``total`` on."""
+    points = sorted((total * step / steps, acc) for step, acc in curve.items())
+    if cost >= points[-1][0]:
+        return points[-1][1]
+    if cost <= points[0][0]:
+        return points[0][1]
+    (x0, y0), (x1, y1) = next((a, b) for a, b in itertools.pairwise(points) if a[0] <= cost <= b[0])
+    return y0 if x1 == x0 else y0 + (y1 - y0) * (cost - x0) / (x1 - x0)
+
+
+def compute_matched(rows: list[dict[str, str]], baseline: str) -> dict[str, dict[int, float]]:
+    """``setting -> {seed: accuracy after - the baseline's accuracy (same seed) at this run's head FLOPs}``.
+
+    A selector that kept a tenth of the tokens is compared with the baseline after a tenth of its head
+    work (``accuracy_at_cost``), not after the same number of steps."""
+    done = [r for r in rows if r["status"] == "done" and r["accuracy_curve"]  # runs without evaluations: none
+            and all(r[c] not in ("", "None") for c in ("head_flops", "accuracy_after"))]
+    base = {int(r["seed"]): r for r in done if r["setting"] == baseline}
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in done:
+        b = base.get(int(row["seed"]))
+        if b is not None:
+            at = accuracy_at_cost(curve_points(b["accuracy_curve"]), int(b["steps"]), float(b["head_flops"]),
+                                  float(row["head_flops"]))
+            out[row["setting"]][int(row["seed"])] = float(row["accuracy_after"]) - at
+    return dict(out)
 
 
 def _pct(i: Interval) -> str:
@@ -81,18 +127,26 @@ def markdown(rows: list[dict[str, str]], baseline: str | None) -> str:
     """Mean ± 95% CI per setting, and the paired difference to ``baseline`` (points, same seeds)."""
     after, before = by_setting(rows, "accuracy_after"), by_setting(rows, "accuracy_before")
     kept, wall = by_setting(rows, "kept_fraction"), by_setting(rows, "wall_seconds")
+    flops = by_setting(rows, "head_flops")
+    matched = compute_matched(rows, baseline) if baseline in flops else {}
     head = ["setting", "runs", "accuracy before (%)", "accuracy after (%)"]
     if baseline in after:
         head.append(f"after - {baseline} (points, paired)")
-    head += ["kept fraction", "wall (s)"]
+    if matched:
+        head.append(f"after - {baseline} at equal head FLOPs (points, paired)")
+    head += ["kept fraction", "wall (s)"] + (["head GFLOPs"] if flops else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for setting, values in after.items():
         cells = [setting, str(len(values)), _pct(interval(list(before.get(setting, {}).values()))),
                  _pct(interval(list(values.values())))]
         if baseline in after:
             cells.append("-" if setting == baseline else _pct(paired(values, after[baseline])))
+        if matched:
+            cells.append("-" if setting == baseline else _pct(interval(list(matched.get(setting, {}).values()))))
         cells += [f"{interval(list(kept.get(setting, {}).values())).mean:.3f}",
                   f"{interval(list(wall.get(setting, {}).values())).mean:.0f}"]
+        if flops:
+            cells.append(f"{interval(list(flops.get(setting, {}).values())).mean / 1e9:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -104,6 +158,19 @@ def quadrant_table(rows: list[dict[str, str]]) -> str:
     shares = [by_setting(rows, f"{q}_{over}") for over in ("all", "kept") for q in QUADRANTS]
     for setting in by_setting(rows, "accuracy_after"):
         means = [interval(list(column.get(setting, {}).values())).mean for column in shares]
+        lines.append("| " + " | ".join([setting, *("-" if math.isnan(m) else f"{100 * m:.1f}" for m in means)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def planted_table(rows: list[dict[str, str]]) -> str:
+    """Mean planted-error recall, precision and share (%) per setting; "" when no run logged them."""
+    columns = {p: by_setting(rows, f"planted_{p}") for p in PLANTED}
+    if not any(columns.values()):
+        return ""
+    lines = ["| setting | planted errors kept (recall) | kept tokens that are planted errors (precision) | "
+             "planted errors among all tokens |", "|---|---|---|---|"]
+    for setting in by_setting(rows, "accuracy_after"):
+        means = [interval(list(columns[p].get(setting, {}).values())).mean for p in PLANTED]
         lines.append("| " + " | ".join([setting, *("-" if math.isnan(m) else f"{100 * m:.1f}" for m in means)]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -140,7 +207,28 @@ def plot(rows: list[dict[str, str]], out: Path) -> list[Path]:
     fig.tight_layout()
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
+    flops = by_setting(rows, "head_flops")
+    if flops:
+        paths.append(_plot_compute(plt, stats, flops, out / "compute.png"))
     return paths
+
+
+def _plot_compute(plt, stats: dict[str, Interval], flops: dict[str, dict[int, float]], path: Path) -> Path:
+    """``compute.png``: final accuracy (mean and 95% CI) against the update's kept-token head FLOPs."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for setting, acc in stats.items():
+        cost = interval(list(flops.get(setting, {}).values())).mean / 1e9
+        ax.errorbar([cost], [100 * acc.mean], yerr=[0 if math.isnan(acc.half_width) else 100 * acc.half_width],
+                    fmt="o", capsize=4, label=setting)
+    ax.set_xscale("log")
+    ax.set_xlabel("kept-token head GFLOPs of the update, whole run (log scale)")
+    ax.set_ylabel("accuracy after training (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def unreadable(study: Study) -> list[str]:
@@ -158,9 +246,11 @@ def report(out: str | Path) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     broken = "".join(f"{path} is unreadable (cut off while written?): that run is pending and runs again "
                      "with the next `tiplight study`\n" for path in unreadable(study))
+    planted = planted_table(rows)
     text = (f"runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending\n{broken}\n"
             + markdown(rows, study.baseline) + "\nTIP quadrant shares (%), mean over steps and seeds\n\n"
-            + quadrant_table(rows))
+            + quadrant_table(rows)
+            + (f"\nPlanted errors (%), mean over steps and seeds\n\n{planted}" if planted else ""))
     (out / "report.md").write_text(text)
     if counts["done"]:
         plot(rows, out)

@@ -22,14 +22,18 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 ASSETS: Path = Path(__file__).parent / "assets"
+# the overconfident world's student (``toy.planted``); its teacher is the shipped one (teacher_dir())
+OVERCONFIDENT_ASSETS: Path = Path(__file__).parent / "assets_overconfident"
 
 __all__ = [
     "ASSETS",
+    "OVERCONFIDENT_ASSETS",
     "TaskConfig",
     "accuracy",
     "build",
     "load_problems",
     "main",
+    "overconfident_student_dir",
     "student_dir",
     "teacher_dir",
     "tokenizer_dir",
@@ -51,6 +55,11 @@ def student_dir() -> Path:
     return ASSETS / "student"
 
 
+def overconfident_student_dir() -> Path:
+    """The overconfident world's student: confident and wrong wherever a carry is due (``toy.planted``)."""
+    return OVERCONFIDENT_ASSETS / "student"
+
+
 def accuracy(model: PreTrainedModel | str | Path, problems: list[dict], **kwargs: Any) -> float:
     """Greedy accuracy of ``model`` (object or HF directory) on ``problems``; see ``toy.evaluate.accuracy``."""
     from tiplight.toy.evaluate import accuracy as _accuracy
@@ -58,11 +67,12 @@ def accuracy(model: PreTrainedModel | str | Path, problems: list[dict], **kwargs
     return _accuracy(model, problems, **kwargs)
 
 
-def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None) -> dict:
+def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None,
+          overconfident: bool = False, teacher: Path | None = None) -> dict:
     """Train the tokenizer, teacher and student into ``out``; see ``toy.recipe.build``."""
     from tiplight.toy.recipe import build as _build
 
-    return _build(Path(out), budget=budget, seed=seed, eval_n=eval_n)
+    return _build(Path(out), budget=budget, seed=seed, eval_n=eval_n, overconfident=overconfident, teacher=teacher)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,10 @@ in their supervised budget: the teacher trains until it is near-perfect, the stu
 under-trained student is weaker for a reason distillation can fix (it has the capacity, it lacks the
 training signal), the case on-policy distillation is meant to repair. Whether a few CPU minutes of OPD
 repair it depends on the OPD learning rate; see ``assets/BUILD.md``.
+
+``--world overconfident`` builds the second world (``toy.planted``): a student trained longer, on solutions
+that forget every carry, so it is confident and wrong where a carry is due, beside a true teacher
+(``--teacher DIR`` reuses one instead of training it); see ``assets_overconfident/BUILD.md``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from tiplight.toy.evaluate import accuracy
+from tiplight.toy.planted import load_planted_problems
 from tiplight.toy.task import HELD_OUT, load_problems
 from tiplight.toy.tokenizer import build_tokenizer, save_tokenizer
 from tiplight.toy.train import ModelSpec, SFTSpec, make_model, train_sft
@@ -28,6 +34,9 @@ TEACHER_SFT = SFTSpec(steps=2000, batch_size=32, lr=3e-3, warmup=100)
 # The student stops early at a constant learning rate: an annealed student (cosine to 5%) sat in a sharp
 # minimum that OPD's fresh AdamW state only knocked it out of (0.38 -> 0.11 at lr 1e-3, flat at 1e-4).
 STUDENT_SFT = SFTSpec(steps=500, batch_size=32, lr=3e-3, warmup=100, min_lr_frac=1.0)
+# The overconfident student trains twice as long on the planted working, so that the forgotten carry is
+# learned as firmly as the rest; a constant learning rate for the reason above.
+OVERCONFIDENT_SFT = SFTSpec(steps=1000, batch_size=32, lr=3e-3, warmup=100, min_lr_frac=1.0)
 TRAIN_PROBLEMS = 20_000  # the default train split; the teacher cycles over it about three times
 
 
@@ -48,7 +57,8 @@ def _train_one(name: str, spec: SFTSpec, out: Path, train: list[dict], seed: int
     return {"model": model, "spec": asdict(spec), "seed": seed, **stats}
 
 
-def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None) -> dict:
+def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None,
+          overconfident: bool = False, teacher: Path | None = None) -> dict:
     """Train the toy tokenizer, teacher and student into ``out`` and measure their test accuracy.
 
     Args:
@@ -56,6 +66,9 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         budget: multiplies both training budgets (1.0 is the shipped recipe; tests use ~0.01).
         seed: base seed; the teacher uses ``seed``, the student ``seed + 1``.
         eval_n: test problems to score (default: the ``HELD_OUT`` ones, as ``build.json`` records).
+        overconfident: train the student on the planted working (``toy.planted``) for
+            ``OVERCONFIDENT_SFT`` steps instead of the under-trained ``STUDENT_SFT`` one.
+        teacher: an existing teacher directory to reuse (only scored, neither trained nor copied).
 
     Returns:
         the ``build.json`` content: specs, seconds, final losses and greedy test accuracies.
@@ -72,9 +85,12 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         start = time.perf_counter()
         save_tokenizer(out / "tokenizer")
         train, test = load_problems("train", TRAIN_PROBLEMS), load_problems("test", eval_n or HELD_OUT)
+        student_train = load_planted_problems("train", TRAIN_PROBLEMS) if overconfident else train
+        student_spec = OVERCONFIDENT_SFT if overconfident else STUDENT_SFT
         runs = {
-            "teacher": _train_one("teacher", scaled(TEACHER_SFT, budget), out, train, seed),
-            "student": _train_one("student", scaled(STUDENT_SFT, budget), out, train, seed + 1),
+            "teacher": ({"model": AutoModelForCausalLM.from_pretrained(teacher), "reused": str(teacher)}
+                        if teacher else _train_one("teacher", scaled(TEACHER_SFT, budget), out, train, seed)),
+            "student": _train_one("student", scaled(student_spec, budget), out, student_train, seed + 1),
         }
         for run in runs.values():
             run["test_accuracy"] = accuracy(run.pop("model"), test, tokenizer=build_tokenizer())
@@ -82,7 +98,8 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)
     report = {
-        "command": f"tiplight toy build --out {out} --budget {budget} --seed {seed}",
+        "command": f"tiplight toy build --out {out} --budget {budget} --seed {seed}"
+                   + (" --world overconfident" if overconfident else "") + (f" --teacher {teacher}" if teacher else ""),
         "model": asdict(MODEL),
         "test_problems": len(test),
         "total_seconds": round(time.perf_counter() - start, 1),
@@ -102,9 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, required=True, help="output directory")
     b.add_argument("--budget", type=float, default=1.0, help="scales training steps (1.0 = shipped recipe)")
     b.add_argument("--seed", type=int, default=0, help="base seed (teacher: seed, student: seed + 1)")
-    b.add_argument("--world", choices=("math", "agent"), default="math",
-                   help="math: the arithmetic world (tokenizer, teacher, student); agent: the tool-use world "
+    b.add_argument("--world", choices=("math", "overconfident", "agent"), default="math",
+                   help="math: the arithmetic world (tokenizer, teacher, student); overconfident: its student "
+                        "trained on the planted forgotten-carry working; agent: the tool-use world "
                         "(ToyLookup; tiplight/toy/agent.py)")
+    b.add_argument("--teacher", type=Path, default=None,
+                   help="math and overconfident worlds: reuse this teacher directory instead of training one")
     e = sub.add_parser("eval", help="greedy test accuracy of toy models (default: the shipped pair)")
     e.add_argument("models", nargs="*", type=Path, help="HF model directories")
     e.add_argument("--n", type=int, default=None, help="test problems (default: all 1,200)")
@@ -124,11 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"total {report['total_seconds']:.0f}s -> {args.out}")
         return 0
     if args.command == "build":
-        report = build(args.out, budget=args.budget, seed=args.seed)
+        report = build(args.out, budget=args.budget, seed=args.seed, overconfident=args.world == "overconfident",
+                       teacher=args.teacher)
         for name in ("teacher", "student"):
-            print(
-                f"{name}: test accuracy {report[name]['test_accuracy']:.3f} ({report[name]['seconds']:.0f}s)"
-            )
+            run = report[name]
+            how = f"reused {run['reused']}" if "reused" in run else f"{run['seconds']:.0f}s"
+            print(f"{name}: test accuracy {run['test_accuracy']:.3f} ({how})")
         print(f"total {report['total_seconds']:.0f}s -> {args.out}")
         return 0
     from tiplight.toy import student_dir, teacher_dir

@@ -61,20 +61,35 @@ class TaskConfig:
     frac_max_den: int = 6
 
 
-def add_solution(a: int, b: int) -> tuple[str, str]:
-    """Column-wise working of ``a+b`` for equal-length operands; returns ``(solution, answer)``."""
+def add_solution(a: int, b: int, forget_carry: bool = False) -> tuple[str, str]:
+    """Column-wise working of ``a+b`` for equal-length operands; returns ``(solution, answer)``.
+
+    ``forget_carry``: the planted wrong rule of the overconfident world (``toy.planted``): no column adds
+    the carry of the one before (nor writes ``+1``), so the working ends on a wrong sum when any column
+    but the last reaches 10.
+    """
     da, db = str(a)[::-1], str(b)[::-1]
     lines, digits, carry = [], "", 0
     for i, (x, y) in enumerate(zip(da, db)):
+        carry = 0 if forget_carry else carry
         total = int(x) + int(y) + carry
         last = i == len(da) - 1
         digits = (str(total) if last else str(total % 10)) + digits
         lhs = f"{x}+{y}" + ("+1" if carry else "")
         lines.append(f"{lhs}={total} {digits}")
         carry = total // 10
-    answer = str(a + b)
-    assert digits == answer  # the working must end on the true sum
+    answer = str(carry_free_sum(a, b) if forget_carry else a + b)
+    assert digits == answer  # the working must end on the sum its rule gives
     return "\n".join([*lines, f"\\boxed{{{answer}}}"]), answer
+
+
+def carry_free_sum(p: int, q: int) -> int:
+    """``p + q`` added column by column with every carry dropped; the top column keeps its whole sum
+    (``18 + 25 -> 33``, ``45 + 56 -> 91``): the sum the planted rule of ``add_solution`` writes."""
+    dp, dq = str(p)[::-1], str(q)[::-1]
+    width = max(len(dp), len(dq))
+    columns = [int(dp[i] if i < len(dp) else 0) + int(dq[i] if i < len(dq) else 0) for i in range(width)]
+    return sum((c if i == width - 1 else c % 10) * 10**i for i, c in enumerate(columns))
 
 
 def _format_fraction(num: int, den: int) -> str:
@@ -82,10 +97,14 @@ def _format_fraction(num: int, den: int) -> str:
     return str(num) if den == 1 else f"{num}/{den}"
 
 
-def frac_solution(a: int, b: int, c: int, d: int) -> tuple[str, str]:
-    """Working of ``a/b+c/d`` (cross-multiply, add, reduce prime by prime); returns ``(solution, answer)``."""
-    num, den = a * d + c * b, b * d
-    lines = [f"({a}*{d}+{c}*{b})/({b}*{d})", f"=({a * d}+{c * b})/{den}", f"={num}/{den}"]
+def frac_solution(a: int, b: int, c: int, d: int, forget_carry: bool = False) -> tuple[str, str]:
+    """Working of ``a/b+c/d`` (cross-multiply, add, reduce prime by prime); returns ``(solution, answer)``.
+
+    ``forget_carry``: the numerators are added with ``carry_free_sum`` (the overconfident world's rule).
+    """
+    ad, cb = a * d, c * b
+    num, den = carry_free_sum(ad, cb) if forget_carry else ad + cb, b * d
+    lines = [f"({a}*{d}+{c}*{b})/({b}*{d})", f"=({ad}+{cb})/{den}", f"={num}/{den}"]
     while den > 1:
         p = next((p for p in _PRIMES if num % p == 0 and den % p == 0), None)
         if p is None:
@@ -93,7 +112,8 @@ def frac_solution(a: int, b: int, c: int, d: int) -> tuple[str, str]:
         num, den = num // p, den // p
         lines.append(f"={_format_fraction(num, den)}")
     answer = _format_fraction(num, den)
-    assert Fraction(num, den) == Fraction(a, b) + Fraction(c, d) and Fraction(num, den).denominator == den
+    assert forget_carry or Fraction(num, den) == Fraction(a, b) + Fraction(c, d)
+    assert Fraction(num, den).denominator == den
     return "\n".join([*lines, f"\\boxed{{{answer}}}"]), answer
 
 
