@@ -34,6 +34,7 @@ EXPECTED = {  # file -> (class, retain, extra attributes)
     "q3_only_10.yaml": (OverconfidentTopK, 0.1, {}),
     "div_only_50.yaml": (DivergenceTopK, 0.5, {}),
     "div_only_10.yaml": (DivergenceTopK, 0.1, {}),
+    "entropy_topk_10.yaml": (EntropyTopK, 0.1, {}),
     "random_50.yaml": (RandomTokens, 0.5, {}),
     "entropy_20_or_q3_10.yaml": (UnionSelector, None, {}),
 }

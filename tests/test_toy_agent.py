@@ -129,3 +129,15 @@ def test_toy_agent_config_trains_through_the_command_line(tmp_path):
     assert "avg@4" in done.stdout + done.stderr and "best@4" in done.stdout + done.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 2 and 0 <= summary["accuracy_before"] <= 1 and 0 <= summary["accuracy_after"] <= 1
+
+
+def test_an_environment_with_prompt_data_is_one_sentence_at_start_up(tmp_path):
+    """``model.environment`` with single-turn prompt data would silently train single-turn: refused."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "tiplight.cli", "fit", "--config", str(ROOT / "configs" / "toy_agent.yaml"),
+               "--data", "tiplight.data.PromptDataModule", "--data.train_files", "[toy_train]",
+               "--trainer.callbacks", "[]", "--trainer.logger", "false", f"--trainer.default_root_dir={tmp_path}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "model.environment is set but data is PromptDataModule" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr

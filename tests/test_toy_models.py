@@ -29,8 +29,10 @@ def measured() -> dict[str, float]:
 
 
 def test_shipped_directories_are_small_and_share_the_tokenizer() -> None:
-    files = [f for f in toy.ASSETS.rglob("*") if f.is_file()]
-    assert sum(f.stat().st_size for f in files) < 10 * 2**20
+    files = [f for f in toy.ASSETS.rglob("*") if f.is_file() and "agent" not in f.relative_to(toy.ASSETS).parts]
+    assert sum(f.stat().st_size for f in files) < 10 * 2**20  # the math world's pair and tokenizer
+    every_world = [f for root in (toy.ASSETS, toy.OVERCONFIDENT_ASSETS) for f in root.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in every_world) < 16 * 2**20  # with the agent and overconfident worlds
     assert not [f for f in files if f.suffix in {".bin", ".pt", ".pth"}]  # safetensors only
     vocab = AutoTokenizer.from_pretrained(toy.tokenizer_dir()).get_vocab()
     for model_dir in (toy.teacher_dir(), toy.student_dir()):

@@ -128,6 +128,15 @@ class PromptStream(IterableDataset):
             batch += 1
 
 
+def check_sizes(val_size: int, **at_least_one: int) -> None:
+    """One sentence for a data size out of range: ``val_size`` may be 0, the others must be >= 1."""
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise ValueError(f"data.{name}={value} is not allowed; use an integer >= 1.")
+    if val_size < 0:
+        raise ValueError(f"data.val_size={val_size} is not allowed; use an integer >= 0.")
+
+
 class PromptDataModule(L.LightningDataModule):
     """Prompts for on-policy distillation.
 
@@ -167,12 +176,8 @@ class PromptDataModule(L.LightningDataModule):
         seed: int | None = None,
     ):
         super().__init__()
-        for name, value in (("prompts_per_step", prompts_per_step), ("rollouts_per_prompt", rollouts_per_prompt),
-                            ("max_prompt_tokens", max_prompt_tokens), ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{name}={value} is not allowed; use an integer >= 1.")
-        if val_size < 0:
-            raise ValueError(f"data.val_size={val_size} is not allowed; use an integer >= 0.")
+        check_sizes(val_size, prompts_per_step=prompts_per_step, rollouts_per_prompt=rollouts_per_prompt,
+                    max_prompt_tokens=max_prompt_tokens, val_batch_size=val_batch_size)
         # not merged into the logged hparams: keys shared with the module (seed, tokenizer) may differ
         self.save_hyperparameters(logger=False)
         self.seed = resolve_seed(seed)

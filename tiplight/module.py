@@ -17,7 +17,7 @@ from torch import nn
 
 from tiplight import generation
 from tiplight.envs import Environment
-from tiplight.envs.training import sample_episodes
+from tiplight.envs.training import EpisodeDataModule, sample_episodes
 from tiplight.models import (
     LoRA,
     ModelSource,
@@ -249,10 +249,23 @@ class DistillModule(L.LightningModule):
         if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
             raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
                              "model.lr_schedule: constant).")
+        if self.environment is not None and not isinstance(self.trainer.datamodule, EpisodeDataModule):
+            raise ValueError(f"model.environment is set but data is {type(self.trainer.datamodule).__name__}; "
+                             "episodes need data: tiplight.envs.EpisodeDataModule (or drop model.environment).")
         if self.served_teacher is not None:  # +1: vLLM answers prompt log-probabilities with one new token
-            prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
-            self.served_teacher.check_length(prompt + self.sampling.max_new_tokens + 1,
-                                             "data.max_prompt_tokens + model.sampling.max_new_tokens + 1")
+            self.served_teacher.check_length(*self.longest_sequence())
+
+    def teardown(self, stage: str) -> None:
+        if self.served_teacher is not None:  # no request threads outlive the run (a later call starts new ones)
+            self.served_teacher.close()
+
+    def longest_sequence(self) -> tuple[int, str]:
+        """The most tokens a served teacher is asked to score (+1, the token vLLM adds), and where it is set."""
+        if self.environment is not None:
+            return self.environment.max_tokens + 1, "model.environment.init_args.max_tokens + 1"
+        prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
+        new = max(self.sampling.max_new_tokens, self.val_sampling.max_new_tokens)
+        return prompt + new + 1, "data.max_prompt_tokens + model.(val_)sampling.max_new_tokens + 1"
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])

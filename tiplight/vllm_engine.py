@@ -66,7 +66,8 @@ class VLLMEngine(RolloutEngine):
         self.enforce_eager = enforce_eager
         self.sleep = sleep
         self.llm = None
-        self._built_for: dict | None = None  # the student config the engine was built from
+        self._built_for: tuple[dict, torch.dtype] | None = None  # the student config and dtype it was built for
+        self._group_was_ours = True  # vLLM set up the process group itself (no trainer had one)
         self._config_dir: tempfile.TemporaryDirectory | None = None
         self._synced_from: nn.Module | None = None  # the model whose current weights vLLM holds
 
@@ -76,13 +77,16 @@ class VLLMEngine(RolloutEngine):
 
     def sync(self, model: nn.Module) -> None:
         """Load ``model``'s weights into vLLM unless it holds them already (a collective under FSDP2). A
-        model of another shape than the one the engine was built for rebuilds it (one process only)."""
+        model of another shape or dtype than the one the engine was built for rebuilds it (outside a trainer's
+        process group only)."""
         config = engine_config(model)
-        if self.llm is not None and _shape(config) != self._built_for:
+        dtype = next(model.parameters()).dtype
+        if self.llm is not None and (_shape(config), dtype) != self._built_for:
             self._shut_down()
         if self.llm is None:
-            self.llm = self._build(config, next(model.parameters()).dtype)
-            self._built_for = _shape(config)
+            self._group_was_ours = not torch.distributed.is_initialized()  # else vLLM joined a trainer's group
+            self.llm = self._build(config, dtype)
+            self._built_for = (_shape(config), dtype)
         if self._synced_from is model:
             return
         if self.sleep:
@@ -122,10 +126,10 @@ class VLLMEngine(RolloutEngine):
 
     def _shut_down(self) -> None:
         """Release the engine and the process group vLLM set up for itself (a training job's own group
-        cannot be torn down, so a distributed engine refuses a second shape instead)."""
-        if _world_size() > 1:
-            raise ValueError("VLLMEngine was handed a model of another shape than the student it was built for; "
-                             "under several processes one engine serves one student: give each model its own engine.")
+        cannot be torn down, so an engine inside one refuses a second shape instead)."""
+        if _world_size() > 1 or not self._group_was_ours:
+            raise ValueError("VLLMEngine was handed a model of another shape or dtype than the student it was built for; "
+                             "inside a training job's process group one engine serves one student: give each model its own engine.")
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         self.llm = self._built_for = self._synced_from = None

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from tiplight.data import PromptStream, share
+from tiplight.data import PromptStream, check_sizes, share
 from tiplight.envs.base import Environment
 from tiplight.envs.loop import AgentRollout, TurnGenerate, engine_turns, run_episodes
 from tiplight.passes import eval_mode
@@ -66,12 +66,8 @@ class EpisodeDataModule(L.LightningDataModule):
                  val_batch_size: int = 8, chat_template_kwargs: dict[str, Any] | None = None,
                  seed: int | None = None) -> None:
         super().__init__()
-        for name, value in (("prompts_per_step", prompts_per_step), ("rollouts_per_prompt", rollouts_per_prompt),
-                            ("val_batch_size", val_batch_size)):
-            if value < 1:
-                raise ValueError(f"data.{name}={value} is not allowed; use an integer >= 1.")
-        if val_size < 0:
-            raise ValueError(f"data.val_size={val_size} is not allowed; use an integer >= 0.")
+        check_sizes(val_size, prompts_per_step=prompts_per_step, rollouts_per_prompt=rollouts_per_prompt,
+                    val_batch_size=val_batch_size)
         self.save_hyperparameters(logger=False)
         self.seed = resolve_seed(seed)
         self.train_problems: list[dict[str, Any]] = []

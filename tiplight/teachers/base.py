@@ -17,6 +17,7 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +67,7 @@ class Traffic:
         self._lock = threading.Lock()
         self.counts = [0, 0, 0, 0, 0.0]  # requests, bytes, sequence tokens, completion tokens, wait seconds
 
-    def add(self, size: int = 0, positions: int = 0, rows: list[Span] = (), wait_s: float = 0.0) -> None:
+    def add(self, size: int = 0, positions: int = 0, rows: Sequence[Span] = (), wait_s: float = 0.0) -> None:
         with self._lock:
             new = (1 if size else 0, size, positions, sum(r.columns for r in rows), wait_s)
             self.counts = [a + b for a, b in zip(self.counts, new)]

@@ -5,6 +5,7 @@ Standard library only (``urllib``): the training processes need no HTTP client p
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import time
@@ -90,7 +91,7 @@ def _once(url: str, payload: dict[str, Any] | None, timeout_s: float) -> tuple[A
             raise _Retryable(f"HTTP {error.code}: {detail}") from None
         raise TeacherServerError(f"the served teacher at {url} refused the request with HTTP {error.code} "
                                  f"({detail.strip()}); the step was not taken.") from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as error:  # and cut-off answers
         reason = getattr(error, "reason", error)
         raise _Retryable(f"no answer within {timeout_s:g} s" if isinstance(reason, (socket.timeout, TimeoutError))
                          else f"{type(reason).__name__}: {reason}") from None

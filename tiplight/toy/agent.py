@@ -102,7 +102,7 @@ def episode_tokens(env: ToyLookup, renderer: ChatRenderer, problem: dict[str, An
     return {"ids": ids, "labels": labels}
 
 
-def episode_batch(rows: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+def sft_episode_batch(rows: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``[B, T]`` of ``episode_tokens`` rows."""
     width = max(len(r["ids"]) for r in rows)
     pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
@@ -135,7 +135,7 @@ def build_agent(out: Path, *, budget: float = 1.0, seed: int = 0, episodes: int 
             model, spec = make_model(MODEL, tokenizer, seed=seed + offset), specs[name]
             print(f"[toy build agent] {name}: {sum(p.numel() for p in model.parameters()):,} params, {spec.steps} steps")
             hook = lambda _, m=model: f"probe avg@4 {probe_score(m, tokenizer, probe):.2f}"  # noqa: E731
-            stats = train_sft(model, rows, tokenizer, spec, seed=seed + offset, batch_fn=episode_batch, hook=hook,
+            stats = train_sft(model, rows, tokenizer, spec, seed=seed + offset, batch_fn=sft_episode_batch, hook=hook,
                               log_every=300)
             model.save_pretrained(out / name)
             tokenizer.save_pretrained(out / name)

@@ -133,7 +133,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``tiplight toy build|eval``; returns the process exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "build" and args.world == "agent" and args.teacher is not None:
+        parser.error("--teacher reuses a math-world teacher; the agent world trains its own (drop --teacher).")
     if args.command == "build" and args.world == "agent":
         from tiplight.toy.agent import build_agent
 
