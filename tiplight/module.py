@@ -264,8 +264,9 @@ class DistillModule(L.LightningModule):
         if self.environment is not None:
             return self.environment.max_tokens + 1, "model.environment.init_args.max_tokens + 1"
         prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
-        new = max(self.sampling.max_new_tokens, self.val_sampling.max_new_tokens)
-        return prompt + new + 1, "data.max_prompt_tokens + model.(val_)sampling.max_new_tokens + 1"
+        field = "val_sampling" if self.val_sampling.max_new_tokens > self.sampling.max_new_tokens else "sampling"
+        new = getattr(self, field).max_new_tokens
+        return prompt + new + 1, f"data.max_prompt_tokens + model.{field}.max_new_tokens + 1"
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
