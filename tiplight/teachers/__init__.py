@@ -10,7 +10,7 @@ from tiplight.teachers.base import (
     register_teacher,
     spans,
 )
-from tiplight.teachers.http import Endpoint, TeacherServerError
+from tiplight.teachers.transport import Endpoint, TeacherServerError
 from tiplight.teachers.vllm import VLLMHidden, VLLMTopK
 
 __all__ = [

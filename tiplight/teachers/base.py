@@ -27,7 +27,7 @@ from torch import nn
 
 from tiplight.registry import Plugin, Registry
 from tiplight.rollout import Rollout
-from tiplight.teachers.http import Endpoint, TeacherServerError, malformed, post_json
+from tiplight.teachers.transport import Endpoint, TeacherServerError, malformed, post_json
 
 PROBE_TEXT = "Teacher check: 12 + 34 = 46, (x - 1) / 2."
 

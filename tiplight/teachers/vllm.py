@@ -22,7 +22,7 @@ from torch import nn
 
 from tiplight.teachers.base import ServedTeacher, Span, register_teacher
 from tiplight.teachers.heads import TopKHead, load_lm_head
-from tiplight.teachers.http import TeacherServerError, malformed
+from tiplight.teachers.transport import TeacherServerError, malformed
 
 WIRE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 if sys.byteorder != "little":  # torch.frombuffer reads the machine's order; vLLM is asked for little-endian
