@@ -8,7 +8,7 @@ takes its contiguous slice of the same global batch (selection then does not dep
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from tiplight.models import load_tokenizer
-from tiplight.seeding import resolve_seed
+from tiplight.seeding import mixed_seed, resolve_seed
 from tiplight.sources import load_source
 
 
@@ -106,7 +106,7 @@ class PromptStream(IterableDataset):
         while len(out) < self.per_step:
             epoch, offset = divmod(position, n)
             order = list(range(n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            random.Random(mixed_seed(self.seed, epoch)).shuffle(order)
             take = order[offset : offset + self.per_step - len(out)]
             out += take
             position += len(take)
@@ -279,13 +279,9 @@ class PromptDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """This rank's contiguous share of the validation prompts, each rollout keyed by its prompt's index in
         the whole set: a prompt's rollout, and so the validation loss, does not depend on the number of ranks."""
-        hp, trainer = self.hparams, self.trainer
-        start, stop = share(len(self.val_prompts), trainer.global_rank, trainer.world_size)
-        batches = [
-            collate(self.val_prompts[i : min(i + hp.val_batch_size, stop)], self.tokenizer.pad_token_id, 1, i)
-            for i in range(start, stop, hp.val_batch_size)
-        ]
-        return DataLoader(_Batches(batches), batch_size=None)
+        prompts, pad_id = self.val_prompts, self.tokenizer.pad_token_id
+        return rank_share_loader(len(prompts), self.hparams.val_batch_size, self.trainer,
+                                 lambda i, j: collate(prompts[i:j], pad_id, 1, i))
 
 
 def share(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -294,6 +290,15 @@ def share(n: int, rank: int, world_size: int) -> tuple[int, int]:
     base, extra = divmod(n, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
+
+
+def rank_share_loader(n: int, batch_size: int, trainer: L.Trainer,
+                      make: Callable[[int, int], dict[str, Any]]) -> DataLoader:
+    """This rank's contiguous share of ``n`` items as ready-made batches ``make(i, j)`` of items ``[i, j)``:
+    item ``i`` keeps its index in the whole set whatever the number of ranks."""
+    start, stop = share(n, trainer.global_rank, trainer.world_size)
+    batches = [make(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
+    return DataLoader(_Batches(batches), batch_size=None)
 
 
 class _Batches(IterableDataset):

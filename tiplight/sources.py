@@ -1,8 +1,8 @@
 """Named data sources that training and evaluation share: prompt sets and benchmarks by name, files
 shipped in the package (``tiplight:`` paths), and the one JSONL reader.
 
-A layer below ``data``, ``evals`` and ``toy``: it imports none of them eagerly (the toy world's splits
-load lazily), so they no longer import each other for data.
+A layer below ``data``, ``evals`` and ``toy``: it imports none of them. Each part registers its own
+sources (``register_source``): the toy world registers ``toy`` and ``toy_train`` when ``tiplight`` is imported.
 """
 
 from __future__ import annotations
@@ -72,19 +72,11 @@ def _by(option: str | None) -> str:
     return f" ({option})" if option else ""
 
 
-def _toy(split: str) -> list[dict[str, Any]]:
-    from tiplight.toy import load_problems
-
-    return load_problems(split)
-
-
 SOURCES: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "math500": partial(read_jsonl, DATA_DIR / "math500.jsonl", PROBLEM_FIELDS),
     "aime24": partial(read_jsonl, DATA_DIR / "aime24.jsonl", PROBLEM_FIELDS),
     "aime25": partial(read_jsonl, DATA_DIR / "aime25.jsonl", PROBLEM_FIELDS),
     "math_train": partial(read_jsonl, DATA_DIR / "math_train.jsonl", PROBLEM_FIELDS),  # training prompts
-    "toy": partial(_toy, "test"),  # the embedded toy world's test split
-    "toy_train": partial(_toy, "train"),  # its training prompts
 }
 
 

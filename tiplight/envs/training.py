@@ -11,16 +11,15 @@ fractions count sampled tokens while the teacher and the student read the tool t
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from tiplight.data import PromptStream, check_sizes, share
+from tiplight.data import PromptStream, check_sizes, rank_share_loader
 from tiplight.envs.base import Environment
 from tiplight.envs.loop import AgentRollout, TurnGenerate, engine_turns, run_episodes
 from tiplight.passes import eval_mode
@@ -110,20 +109,9 @@ class EpisodeDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """This rank's contiguous share of the held-out problems, keyed by their index in the whole set."""
-        hp, trainer = self.hparams, self.trainer
-        start, stop = share(len(self.val_problems), trainer.global_rank, trainer.world_size)
-        batches = [episode_batch(self.val_problems[i : min(i + hp.val_batch_size, stop)], 1, i, self.template_kwargs)
-                   for i in range(start, stop, hp.val_batch_size)]
-        return DataLoader(_Batches(batches), batch_size=None)
-
-
-class _Batches(IterableDataset):
-    def __init__(self, batches: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.batches = batches
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return iter(self.batches)
+        problems, kwargs = self.val_problems, self.template_kwargs
+        return rank_share_loader(len(problems), self.hparams.val_batch_size, self.trainer,
+                                 lambda i, j: episode_batch(problems[i:j], 1, i, kwargs))
 
 
 def chunked(generate: TurnGenerate, size: int) -> TurnGenerate:

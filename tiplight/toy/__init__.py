@@ -13,13 +13,18 @@ model and does not import torch; the heavy modules are imported on first use.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tiplight.sources import register_source
 from tiplight.toy.task import TaskConfig, load_problems
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+register_source("toy", partial(load_problems, "test"))  # the toy world's test split, by name
+register_source("toy_train", partial(load_problems, "train"))  # its training prompts
 
 ASSETS: Path = Path(__file__).parent / "assets"
 # the overconfident world's student (``toy.planted``); its teacher is the shipped one (teacher_dir())

@@ -17,6 +17,8 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -57,6 +59,22 @@ def _train_one(name: str, spec: SFTSpec, out: Path, train: list[dict], seed: int
     return {"model": model, "spec": asdict(spec), "seed": seed, **stats}
 
 
+@contextmanager
+def _one_deterministic_thread() -> Iterator[None]:
+    """Deterministic kernels on one thread inside, the caller's settings restored after.
+
+    One thread gives the same bits on any machine, and on a busy 2-core box it was 8x faster than two
+    (0.65 vs 5.3 s/step with other jobs running: OpenMP threads spin when the cores are oversubscribed)."""
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
+
+
 def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None = None,
           overconfident: bool = False, teacher: Path | None = None) -> dict:
     """Train the toy tokenizer, teacher and student into ``out`` and measure their test accuracy.
@@ -75,14 +93,8 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
     """
     if budget <= 0:
         raise ValueError(f"budget={budget} must be > 0 (1.0 is the shipped recipe)")
-    out = Path(out)
-    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    # One thread: the same bits on any machine, and on a busy 2-core box it was 8x faster than two
-    # (0.65 vs 5.3 s/step with other jobs running: OpenMP threads spin when the cores are oversubscribed).
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
+    out, start = Path(out), time.perf_counter()
+    with _one_deterministic_thread():
         save_tokenizer(out / "tokenizer")
         train, test = load_problems("train", TRAIN_PROBLEMS), load_problems("test", eval_n or HELD_OUT)
         student_train = load_planted_problems("train", TRAIN_PROBLEMS) if overconfident else train
@@ -94,9 +106,6 @@ def build(out: Path, *, budget: float = 1.0, seed: int = 0, eval_n: int | None =
         }
         for run in runs.values():
             run["test_accuracy"] = accuracy(run.pop("model"), test, tokenizer=build_tokenizer())
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.set_num_threads(threads)
     report = {
         "command": f"tiplight toy build --out {out} --budget {budget} --seed {seed}"
                    + (" --world overconfident" if overconfident else "") + (f" --teacher {teacher}" if teacher else ""),

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
+
+from tiplight.schedule import lr_factor
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,13 @@ def sft_batch(problems: list[dict], tokenizer: PreTrainedTokenizerBase) -> dict[
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def lr_at(step: int, spec: SFTSpec) -> float:
-    """Learning rate at ``step`` (0-based): linear warm-up, then cosine to ``min_lr_frac * lr``."""
-    if step < spec.warmup:
-        return spec.lr * (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return spec.lr * (spec.min_lr_frac + (1 - spec.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches of indices into ``n`` items: a seeded permutation per pass, its ragged end dropped."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=gen).tolist()
+        for i in range(0, max(n - batch_size, 0) + 1, batch_size):  # n < batch_size: every item, once
+            yield order[i : i + batch_size]
 
 
 def train_sft(
@@ -106,18 +109,14 @@ def train_sft(
     ``hook(step)`` runs every ``log_every`` steps (e.g. a quick accuracy probe); its text joins the log line.
     ``batch_fn`` turns problems into ``input_ids`` / ``attention_mask`` / ``labels`` (default: ``sft_batch``).
     """
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.95))
-    order, cursor = torch.randperm(len(problems), generator=gen).tolist(), 0
     model.train()
     start, running = time.perf_counter(), float("nan")
-    for step in range(spec.steps):
-        if cursor + spec.batch_size > len(order):
-            order, cursor = torch.randperm(len(problems), generator=gen).tolist(), 0
-        batch = batch_fn([problems[i] for i in order[cursor : cursor + spec.batch_size]], tokenizer)
-        cursor += spec.batch_size
+    for step, indices in zip(range(spec.steps), _shuffled_batches(len(problems), spec.batch_size, seed)):
+        batch = batch_fn([problems[i] for i in indices], tokenizer)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, spec)
+            group["lr"] = spec.lr * lr_factor(step, schedule="cosine", warmup_steps=spec.warmup,
+                                              total_steps=spec.steps, min_lr_ratio=spec.min_lr_frac)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,9 +125,7 @@ def train_sft(
         running = loss.item() if math.isnan(running) else 0.95 * running + 0.05 * loss.item()
         if log_every and (step + 1) % log_every == 0:
             extra = f" {hook(step + 1)}" if hook else ""
-            log(
-                f"  step {step + 1}/{spec.steps} loss {running:.4f} ({time.perf_counter() - start:.0f}s){extra}"
-            )
+            log(f"  step {step + 1}/{spec.steps} loss {running:.4f} ({time.perf_counter() - start:.0f}s){extra}")
             model.train()
     model.eval()
     return {"final_loss": running, "seconds": time.perf_counter() - start, "steps": spec.steps}
