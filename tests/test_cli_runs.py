@@ -135,6 +135,7 @@ def test_sigterm_in_the_final_evaluation_keeps_a_checkpoint_that_finishes_the_ru
     summary = json.loads(next((tmp_path / "finished").rglob("summary.json")).read_text())
     assert summary["steps"] == 2 and summary["student_dir"]
     assert summary["accuracy_before"] is not None and summary["accuracy_after"] is not None
+    assert all(summary[f"time/{phase}"] > 0 for phase in ("rollout", "score", "select", "update"))
 
 
 @pytest.mark.slow

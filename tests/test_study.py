@@ -329,3 +329,47 @@ def test_report_without_costs_or_planted_errors_has_neither_column(tmp_path):
     out = fake_study(tmp_path)
     text = report(out)
     assert "head FLOPs" not in text and "Planted errors" not in text and not (out / "compute.png").exists()
+    assert "Seconds per step" not in text  # no run logged its step times
+
+
+def _phase_seconds(setting: str, seed: int) -> dict[str, float]:
+    scale = (2.0 if setting == "half" else 1.0) * (1 + seed)  # half's step is twice all's, on every seed
+    return {"rollout": 0.5 * scale, "score": 0.25 * scale, "select": 0.125 * scale, "update": 0.125 * (3 - seed)}
+
+
+def test_step_time_table_against_direct_sums_and_paired_ratios(tmp_path):
+    from tiplight.study.report import step_time_table
+
+    out = fake_study(tmp_path)
+    for summary in (out / "runs").rglob("summary.json"):
+        data, setting, seed = json.loads(summary.read_text()), summary.parent.parent.name, int(summary.parent.name[4:])
+        data.update({f"time/{p}": v for p, v in _phase_seconds(setting, seed).items()})
+        summary.write_text(json.dumps(data))
+    text = report(out)
+    assert "Seconds per step by phase" in text
+    rows = read_csv(out / "results.csv")
+    step = {(s, seed): sum(_phase_seconds(s, seed).values()) for s in ("all", "half") for seed in (0, 1, 2)}
+    ratios = interval([step[("half", seed)] / step[("all", seed)] for seed in (0, 1)])  # half's seed 2 failed
+    half = next(line for line in step_time_table(rows, "all").splitlines() if line.startswith("| half |"))
+    cells = half.strip("| ").split(" | ")
+    assert cells[1:5] == [f"{sum(_phase_seconds('half', s)[p] for s in (0, 1)) / 2:.3f}"
+                          for p in ("rollout", "score", "select", "update")]
+    assert cells[5] == f"{(step[('half', 0)] + step[('half', 1)]) / 2:.3f}"
+    assert cells[6] == f"{ratios.mean:.2f} ± {ratios.half_width:.2f}" and ratios.half_width > 0
+    assert "| all |" in step_time_table(rows, "all") and step_time_table(rows, None).count("paired") == 0
+
+
+def test_step_times_of_a_run_that_predates_them_come_from_its_tensorboard_log(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = fake_study(tmp_path)
+    run = next(r for r in Study.load(out).runs() if r.setting == "all" and r.seed == 0)
+    writer = SummaryWriter(run.folder)
+    for step, seconds in enumerate((0.25, 0.75)):  # logged every n steps: the report takes their mean
+        for phase in ("rollout", "score", "select", "update"):
+            writer.add_scalar(f"time/{phase}", seconds, step)
+    writer.close()
+    report(out)
+    rows = {(r["setting"], r["seed"]): r for r in read_csv(out / "results.csv")}
+    assert float(rows[("all", "0")]["update_seconds"]) == pytest.approx(0.5)
+    assert rows[("all", "1")]["update_seconds"] == ""  # no summary times and no log: left blank

@@ -19,8 +19,9 @@ from tiplight.files import write_text
 from tiplight.teachers import TeacherServerError
 
 # per-step metrics averaged over the run in summary.json (kept fraction, TIP quadrant shares, the recall of
-# planted errors in a world that has them); a step where one is NaN (no planted token) does not count for it
-_MEAN_PREFIXES = ("train/kept_fraction", "quadrant/", "planted/")
+# planted errors in a world that has them, the seconds of each phase of a step); a step where one is NaN (no
+# planted token) does not count for it
+_MEAN_PREFIXES = ("train/kept_fraction", "quadrant/", "planted/", "time/")
 _SUM_PREFIXES = ("cost/",)  # per-step costs summed over the run (the update's kept-token head FLOPs)
 
 
@@ -28,7 +29,8 @@ class RunSummary(L.Callback):
     """At the end of fit: export the student as a HF directory, print accuracy before and after
     (from a ``MathEvalCallback`` with ``at_fit_start`` and ``at_fit_end``) and write ``summary.json``:
     accuracies, the accuracy at every evaluated step, the run's mean kept fraction and quadrant shares
-    (and planted-error recall, when the world has planted errors), the total kept-token head FLOPs,
+    (and planted-error recall, when the world has planted errors), the mean seconds of each phase of a step
+    (``time/rollout``, ``time/score``, ``time/select``, ``time/update``), the total kept-token head FLOPs,
     wall time and peak memory. A folder that already holds a finished run is refused at start-up.
 
     Args:

@@ -22,8 +22,9 @@ from tiplight.study.stats import Interval, interval, paired
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 PLANTED = ("recall", "precision", "share")  # planted/* of summary.json, as planted_<name> columns
+PHASES = ("rollout", "score", "select", "update")  # time/* of summary.json: mean seconds per step
 COLUMNS = ("setting", "seed", "status", "accuracy_before", "accuracy_after", "steps", "kept_fraction",
-           "wall_seconds", "peak_memory_mib",
+           "wall_seconds", "peak_memory_mib", *(f"{p}_seconds" for p in PHASES),
            *(f"{q}_{over}" for over in ("all", "kept") for q in QUADRANTS), *(f"planted_{p}" for p in PLANTED),
            "head_flops", "accuracy_curve", "command")
 
@@ -46,10 +47,24 @@ def collect(study: Study) -> list[dict[str, object]]:
             for q in QUADRANTS:
                 for over in ("all", "kept"):
                     row[f"{q}_{over}"] = s.get(f"quadrant/{q}_{over}", "")
+            times = {p: s[f"time/{p}"] for p in PHASES if f"time/{p}" in s} or logged_means(folder, PHASES)
+            row.update({f"{p}_seconds": seconds for p, seconds in times.items()})
         elif (folder / "failed.json").is_file():
             row["status"] = "failed"
         rows.append(row)
     return rows
+
+
+def logged_means(folder: Path, phases: tuple[str, ...]) -> dict[str, float]:
+    """``phase -> mean of time/<phase>`` over the steps the run's TensorBoard log holds: the step times of a
+    run whose ``summary.json`` predates them ({} without a log)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    log.Reload()
+    tags = set(log.Tags()["scalars"])
+    return {p: sum(e.value for e in events) / len(events) for p in phases
+            if f"time/{p}" in tags and (events := log.Scalars(f"time/{p}"))}
 
 
 def write_csv(rows: list[dict[str, object]], path: Path) -> None:
@@ -68,7 +83,7 @@ def by_setting(rows: list[dict[str, str]], column: str) -> dict[str, dict[int, f
     """``setting -> {seed: value}`` of a numeric column over the finished runs, settings in row order."""
     out: dict[str, dict[int, float]] = defaultdict(dict)
     for row in rows:
-        if row["status"] == "done" and row[column] not in ("", "None"):
+        if row["status"] == "done" and row.get(column, "") not in ("", "None"):
             out[row["setting"]][int(row["seed"])] = float(row[column])
     return dict(out)
 
@@ -147,6 +162,29 @@ def markdown(rows: list[dict[str, str]], baseline: str | None) -> str:
                   f"{interval(list(wall.get(setting, {}).values())).mean:.0f}"]
         if flops:
             cells.append(f"{interval(list(flops.get(setting, {}).values())).mean / 1e9:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def step_time_table(rows: list[dict[str, str]], baseline: str | None) -> str:
+    """Mean seconds per step of each phase, and the step time over ``baseline``'s on the same seed (the
+    ratio's mean ± 95% CI over seeds); "" when no run logged its step times. Read the ratio, not the seconds:
+    runs that shared a machine share its load, and a study runs its settings seed by seed."""
+    phases = {p: by_setting(rows, f"{p}_seconds") for p in PHASES}
+    if not any(phases.values()):
+        return ""
+    step = {setting: {seed: sum(phases[p][setting].get(seed, 0.0) for p in PHASES) for seed in seeds}
+            for setting, seeds in phases["update"].items()}
+    ratio = baseline in step
+    head = ["setting", *(f"{p} (s)" for p in PHASES), "step (s)"] + ([f"step / {baseline} (paired)"] if ratio else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for setting, seconds in step.items():
+        cells = [setting, *(f"{interval(list(phases[p].get(setting, {}).values())).mean:.3f}" for p in PHASES),
+                 f"{interval(list(seconds.values())).mean:.3f}"]
+        if ratio:
+            shared = [seconds[s] / step[baseline][s] for s in seconds if step[baseline].get(s)]
+            i = interval(shared)
+            cells.append(f"{i.mean:.2f}" + ("" if math.isnan(i.half_width) else f" ± {i.half_width:.2f}"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -246,11 +284,12 @@ def report(out: str | Path) -> str:
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     broken = "".join(f"{path} is unreadable (cut off while written?): that run is pending and runs again "
                      "with the next `tiplight study`\n" for path in unreadable(study))
-    planted = planted_table(rows)
+    planted, times = planted_table(rows), step_time_table(rows, study.baseline)
     text = (f"runs: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending\n{broken}\n"
             + markdown(rows, study.baseline) + "\nTIP quadrant shares (%), mean over steps and seeds\n\n"
             + quadrant_table(rows)
-            + (f"\nPlanted errors (%), mean over steps and seeds\n\n{planted}" if planted else ""))
+            + (f"\nPlanted errors (%), mean over steps and seeds\n\n{planted}" if planted else "")
+            + (f"\nSeconds per step by phase (mean over steps, then seeds)\n\n{times}" if times else ""))
     (out / "report.md").write_text(text)
     if counts["done"]:
         plot(rows, out)
