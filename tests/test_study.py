@@ -16,7 +16,7 @@ from tiplight.cli import main as cli_main
 from tiplight.study import main
 from tiplight.study.grid import Axis, Study
 from tiplight.study.report import markdown, read_csv, report
-from tiplight.study.stats import interval, paired, t975
+from tiplight.study.intervals import interval, paired, t975
 
 
 def grid_dir(tmp_path: Path, tiny, prompts_file) -> Path:

@@ -12,7 +12,7 @@ from tiplight.selection.baseline import AllTokens, RandomTokens
 from tiplight.selection.budget import budget_sizes, topk_mask
 from tiplight.selection.quadrant import QuadrantSelector, planted_recall, quadrant_shares, quadrants
 from tiplight.selection.sampling import EntropySampling
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 from tiplight.selection.topk import DivergenceTopK, EntropyTopK, OverconfidentTopK, SoftOrTopK, TopK
 from tiplight.selection.union import UnionSelector
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from tiplight.registry import Plugin, Registry
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 
 Budget = Literal["rollout", "batch"]  # k per rollout (TIP Eq. 8) or over the flattened batch
 BUDGETS: tuple[str, ...] = get_args(Budget)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from tiplight.selection.base import Selector, register_selector
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from tiplight.selection.base import Budget, Selector, check_budget, check_retain, register_selector
 from tiplight.selection.budget import budget_rows, budget_sizes
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 
 
 def inclusion_probabilities(sizes: Tensor, k: Tensor) -> Tensor:

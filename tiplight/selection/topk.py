@@ -9,7 +9,7 @@ from torch import Tensor
 
 from tiplight.selection.base import Budget, Selector, check_budget, check_retain, register_selector
 from tiplight.selection.budget import topk_mask
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 
 
 class TopK(Selector):

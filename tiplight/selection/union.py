@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from tiplight.selection.base import Selector, register_selector
-from tiplight.selection.stats import TokenStats
+from tiplight.selection.token_stats import TokenStats
 
 
 @register_selector

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tiplight.study.grid import Study, read_summary
-from tiplight.study.stats import Interval, interval, paired
+from tiplight.study.intervals import Interval, interval, paired
 
 QUADRANTS = ("Q1", "Q2", "Q3", "Q4")
 PLANTED = ("recall", "precision", "share")  # planted/* of summary.json, as planted_<name> columns
