@@ -115,7 +115,7 @@ def encoded_prompts(job: Job, tokenizer) -> list[list[int]]:
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from tiplight.data import left_pad as pad
+    from tiplight.padding import left_pad as pad
 
     return pad(prompts, pad_id)
 

@@ -83,3 +83,14 @@ def test_prompt_longer_than_template_budget_is_a_clear_error(tiny, tmp_path):
     path = write(tmp_path / "p.jsonl", [{"problem": "a" * 50}])
     with pytest.raises(ValueError, match="data.max_prompt_tokens=3 is shorter than the template"):
         setup_data(tiny, path, max_prompt_tokens=3)
+
+
+def test_padding_against_direct_lists():
+    import torch
+
+    from tiplight.padding import left_pad, pad_right, right_pad
+
+    ids, mask = left_pad([[5, 6, 7], [], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]
+    assert right_pad([[5, 6, 7], [8]], -100).tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert pad_right(torch.tensor([[True], [False]]), 3).tolist() == [[True, False, False], [False, False, False]]

@@ -15,8 +15,8 @@ from test_cli import write_config
 from tiplight.cli import main as cli_main
 from tiplight.study import main
 from tiplight.study.grid import Axis, Study
-from tiplight.study.report import markdown, read_csv, report
 from tiplight.study.intervals import interval, paired, t975
+from tiplight.study.report import markdown, read_csv, report
 
 
 def grid_dir(tmp_path: Path, tiny, prompts_file) -> Path:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from tiplight.models import load_tokenizer
+from tiplight.padding import left_pad
 from tiplight.seeding import mixed_seed, resolve_seed
 from tiplight.sources import load_source
 
@@ -62,18 +63,6 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str, chat_template: 
     tokenizer's (e.g. BOS), as the model saw in its own training."""
     templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
     return tokenizer(text, add_special_tokens=not templated)["input_ids"]
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[R, P]`` ids and attention mask, left-padded to the longest sequence."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
 
 
 def collate(prompts: list[Prompt], pad_id: int, rollouts_per_prompt: int, first_key: int) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from tiplight.padding import pad_right
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -109,11 +111,6 @@ class Rollout:
         logprobs = None if self.sampler_logprobs is None else self.sampler_logprobs.to(device)
         return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
                        self.prompt_length, logprobs)
-
-
-def pad_right(x: torch.Tensor, width: int, value: int | float = 0) -> torch.Tensor:
-    """Right-pad the last dimension of ``[R, C]`` to ``width``."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
 def eos_token_ids(tokenizer, model: torch.nn.Module) -> list[int]:

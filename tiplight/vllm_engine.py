@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from tiplight.rollout import Rollout, RolloutEngine, RolloutRequest, Sampling, pad_right, rollout_seeds
+from tiplight.padding import pad_right
+from tiplight.rollout import Rollout, RolloutEngine, RolloutRequest, Sampling, rollout_seeds
 from tiplight.weights import student_weights
 
 

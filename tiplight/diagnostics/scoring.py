@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from tiplight.data import Prompt, collate, encode_prompt, format_prompt, left_pad
+from tiplight.data import Prompt, collate, encode_prompt, format_prompt
 from tiplight.diagnostics.table import Scored, decode_tokens
 from tiplight.models import ModelSource, check_tokenizers, load_model, load_tokenizer, vocab_size
+from tiplight.padding import left_pad
 from tiplight.passes import eval_mode, sample, score
 from tiplight.rollout import HFGenerate, Rollout, Sampling
 from tiplight.selection import TokenStats

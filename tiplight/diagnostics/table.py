@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tiplight.padding import pad_right
 from tiplight.planted import decode_tokens, prompt_texts
-from tiplight.rollout import pad_right
 from tiplight.selection import Selector, TokenStats, quadrants
 from tiplight.selection.base import selector_weights
 from tiplight.sources import read_lines

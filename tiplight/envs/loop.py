@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from tiplight.data import left_pad
 from tiplight.envs.base import Environment, Episode
 from tiplight.envs.render import ChatRenderer
+from tiplight.padding import left_pad
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, rollout_seeds
 
 TurnGenerate = Callable[[list[list[int]], torch.Tensor, int], list[list[int]]]

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tiplight.padding import pad_right
+
 ENTROPY_CLIP_QUANTILE = 0.98  # TIP §6: "clip the top 2% of entropy values within each batch"
 
 
@@ -59,18 +61,14 @@ class TokenStats:
     def cat(cls, parts: list[TokenStats]) -> TokenStats:
         """Rollouts of several scopes in one ``[sum R, max C]`` (fields right-padded with 0 / False)."""
         width = max(p.valid.shape[1] for p in parts)
-        return cls(**{f: torch.cat([_pad(getattr(p, f), width) for p in parts]) for f in _FIELDS})
+        return cls(**{f: torch.cat([pad_right(getattr(p, f), width) for p in parts]) for f in _FIELDS})
 
     def rows(self, rows: slice, width: int) -> TokenStats:
         """Rollouts ``rows``, cut or right-padded to ``width`` completion positions."""
-        return TokenStats(**{f: _pad(getattr(self, f)[rows, :width], width) for f in _FIELDS})
+        return TokenStats(**{f: pad_right(getattr(self, f)[rows, :width], width) for f in _FIELDS})
 
 
 _FIELDS = ("entropy", "rkl", "fkl", "valid", "entropy_hat", "rkl_hat")
-
-
-def _pad(x: Tensor, width: int) -> Tensor:
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
 
 
 def quantile(x: Tensor, valid: Tensor, q: float) -> Tensor:

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from tiplight.envs import ChatRenderer, ToyLookup, parse_tool_calls
 from tiplight.envs.tools import CLOSE, OPEN
 from tiplight.envs.toy import ITEMS
+from tiplight.padding import right_pad
 from tiplight.toy.recipe import scaled
 from tiplight.toy.tokenizer import build_tokenizer
 from tiplight.toy.train import ModelSpec, SFTSpec, make_model, train_sft
@@ -104,11 +105,10 @@ def episode_tokens(env: ToyLookup, renderer: ChatRenderer, problem: dict[str, An
 
 def sft_episode_batch(rows: list[dict[str, list[int]]], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` / ``attention_mask`` / ``labels`` ``[B, T]`` of ``episode_tokens`` rows."""
-    width = max(len(r["ids"]) for r in rows)
-    pad = lambda xs, v: xs + [v] * (width - len(xs))  # noqa: E731
-    return {"input_ids": torch.tensor([pad(r["ids"], tokenizer.pad_token_id) for r in rows]),
-            "attention_mask": torch.tensor([pad([1] * len(r["ids"]), 0) for r in rows]),
-            "labels": torch.tensor([pad(r["labels"], -100) for r in rows])}
+    ids = [r["ids"] for r in rows]
+    return {"input_ids": right_pad(ids, tokenizer.pad_token_id),
+            "attention_mask": right_pad([[1] * len(i) for i in ids], 0),
+            "labels": right_pad([r["labels"] for r in rows], -100)}
 
 
 def build_agent(out: Path, *, budget: float = 1.0, seed: int = 0, episodes: int = TRAIN_EPISODES) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
+from tiplight.padding import right_pad
 from tiplight.schedule import lr_factor
 
 
@@ -75,12 +76,8 @@ def sft_batch(problems: list[dict], tokenizer: PreTrainedTokenizerBase) -> dict[
         target = [*tokenizer(p["solution"], add_special_tokens=False).input_ids, tokenizer.eos_token_id]
         rows.append(prompt + target)
         label_rows.append([-100] * len(prompt) + target)
-    width = max(map(len, rows))
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # [B, T]
-    labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])  # [B, T]
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])  # [B, T]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return {"input_ids": right_pad(rows, tokenizer.pad_token_id),  # [B, T] each
+            "attention_mask": right_pad([[1] * len(r) for r in rows], 0), "labels": right_pad(label_rows, -100)}
 
 
 def _shuffled_batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
