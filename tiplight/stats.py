@@ -20,6 +20,7 @@ from torch import nn
 from tiplight import losses
 from tiplight.heads import LinearHead, Workspace, chunk_logits
 from tiplight.objectives import Objective
+from tiplight.padding import pad_right
 from tiplight.selection import TokenStats, planted_recall, quadrant_shares, quadrants
 
 
@@ -37,8 +38,7 @@ class RawStats:
     def cat(parts: list[RawStats]) -> RawStats:
         """Concatenate along rollouts; completion lengths are right-padded with zeros."""
         width = max(p.entropy.shape[1] for p in parts)
-        pad = lambda x: nn.functional.pad(x, (0, width - x.shape[1]))  # noqa: E731
-        cat = lambda f: torch.cat([pad(getattr(p, f)) for p in parts])  # noqa: E731
+        cat = lambda f: torch.cat([pad_right(getattr(p, f), width) for p in parts])  # noqa: E731
         logprob = cat("logprob") if all(p.logprob is not None for p in parts) else None
         return RawStats(cat("entropy"), cat("rkl"), cat("fkl"), logprob)
 
@@ -96,18 +96,10 @@ class TokenLoss:
 
 
 @torch.no_grad()
-def token_stats_and_loss(
-    student_hidden: torch.Tensor,
-    student_head: nn.Module,
-    teacher_hidden: torch.Tensor,
-    teacher_head: nn.Module,
-    valid: torch.Tensor,
-    vocab_size: int,
-    chunk_size: int = 512,
-    objective: Objective | None = None,
-    grad: bool = False,
-    tokens: torch.Tensor | None = None,
-) -> tuple[RawStats, TokenLoss | None]:
+def token_stats_and_loss(student_hidden: torch.Tensor, student_head: nn.Module, teacher_hidden: torch.Tensor,
+                         teacher_head: nn.Module, valid: torch.Tensor, vocab_size: int, chunk_size: int = 512,
+                         objective: Objective | None = None, grad: bool = False,
+                         tokens: torch.Tensor | None = None) -> tuple[RawStats, TokenLoss | None]:
     """Entropy, reverse and forward KL at every valid position, ``chunk_size`` positions at a time, and,
     given an ``objective`` with a closed form, each valid token's loss from the same logits (else None:
     the update computes it, with the context it may read).
@@ -118,9 +110,7 @@ def token_stats_and_loss(
     vocabulary. With ``grad`` and a frozen plain ``nn.Linear`` student head, also ``d loss / d hidden``
     per token: the closed-form gradient w.r.t. the logits times the head.
     """
-    index = valid.flatten().nonzero().squeeze(1)  # [N]
-    s_flat = student_hidden.detach().flatten(0, 1)  # [R * C, d]
-    t_flat = teacher_hidden.flatten(0, 1)
+    s_flat, t_flat = student_hidden.detach().flatten(0, 1), teacher_hidden.flatten(0, 1)  # [R * C, d], [R * C, d_t]
     form = None if objective is None else objective.closed_form()
     frozen = not any(p.requires_grad for p in student_head.parameters())
     s_linear, t_linear = LinearHead.of(student_head, vocab_size), LinearHead.of(teacher_head, vocab_size)
@@ -128,7 +118,7 @@ def token_stats_and_loss(
     workspace = Workspace(s_flat.device)
     out = torch.zeros(5, valid.numel(), device=valid.device)  # entropy, rkl, fkl, loss, logprob
     grad_hidden = torch.zeros_like(s_flat) if grad_head is not None else None
-    for chunk in index.split(chunk_size):
+    for chunk in valid.flatten().nonzero().squeeze(1).split(chunk_size):
         s_logits = chunk_logits(student_head, s_linear, s_flat[chunk], vocab_size, workspace, "student")  # [n, V]
         t_logits = chunk_logits(teacher_head, t_linear, t_flat[chunk], vocab_size, workspace, "teacher")
         if tokens is not None:  # before the statistics overwrite the logits
@@ -140,13 +130,18 @@ def token_stats_and_loss(
             out[3, chunk] = loss
         if grad_hidden is not None:
             grad_hidden[chunk] = grad_head.grad_input(g).to(grad_hidden.dtype)  # [n, d]
+    grad_hidden = None if grad_hidden is None else grad_hidden.view_as(student_hidden)
+    return _unpack(out, valid.shape, vocab_size, tokens is not None, form is not None, grad_hidden)
+
+
+def _unpack(out: torch.Tensor, shape: torch.Size, vocab_size: int, logprobs: bool, loss: bool,
+            grad_hidden: torch.Tensor | None) -> tuple[RawStats, TokenLoss | None]:
+    """``RawStats`` (entropy normalised by log|V|) and, with ``loss``, ``TokenLoss`` from the pass's
+    ``[5, R * C]`` rows: entropy, rkl, fkl, loss, logprob."""
     out[0] /= math.log(vocab_size)
-    entropy, rkl, fkl, loss, logprob = out.view(5, *valid.shape)
-    raw = RawStats(entropy, rkl, fkl, None if tokens is None else logprob)
-    if form is None:
-        return raw, None
-    g = None if grad_hidden is None else grad_hidden.view_as(student_hidden)
-    return raw, TokenLoss(loss, g)
+    entropy, rkl, fkl, token_loss, logprob = out.view(5, *shape)
+    raw = RawStats(entropy, rkl, fkl, logprob if logprobs else None)
+    return raw, (TokenLoss(token_loss, grad_hidden) if loss else None)
 
 
 def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
