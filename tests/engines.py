@@ -43,19 +43,13 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 class SamplerLogprobs(HFGenerate):
-    """HF generate that also returns sampler log-probabilities: the student's own, shifted by ``offset``
-    (a sampler that drifted from the trainer by a known amount)."""
+    """HF generate whose sampler log-probabilities (the student's own) are shifted by ``offset``: a sampler
+    that drifted from the trainer by a known amount."""
 
     def __init__(self, offset: float = 0.0) -> None:
         self.offset = offset
 
     def _generate(self, model, request):
         rollout = super()._generate(model, request)
-        with torch.no_grad():
-            logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                           position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
-        span = slice(rollout.prompt_length - 1, rollout.input_ids.shape[1] - 1)
-        lp = logits[:, span, : request.vocab_size].log_softmax(-1)
-        lp = lp.gather(-1, rollout.completion_ids[..., None].clamp(max=request.vocab_size - 1))[..., 0]
-        rollout.sampler_logprobs = (lp + self.offset) * rollout.completion_mask
+        rollout.sampler_logprobs = (rollout.sampler_logprobs + self.offset) * rollout.completion_mask
         return rollout

@@ -90,3 +90,20 @@ def test_greedy_equals_hf_greedy(tiny):
                          eos_token_id=2, pad_token_id=0)
     width = ours.completion_ids.shape[1]
     assert torch.equal(ours.completion_ids[ours.completion_mask], ref[:, 5 : 5 + width][ours.completion_mask])
+
+
+@pytest.mark.parametrize("sampling", [Sampling(max_new_tokens=8, temperature=0.7, top_k=20),
+                                      Sampling(temperature=0, max_new_tokens=8)], ids=["sampled", "greedy"])
+def test_hf_sampler_logprobs_equal_a_full_forward_of_the_sampled_tokens(tiny, sampling):
+    """The sampler's log-probability of each generated token is log softmax of the raw logits (before
+    temperature and top-k, as vLLM reports them), from a fresh full forward; 0 outside the completion."""
+    model = AutoModelForCausalLM.from_pretrained(tiny["student"]).eval()
+    ids = torch.randint(3, 40, (3, 5), generator=torch.Generator().manual_seed(2))
+    rollout = _generate(model, ids, torch.arange(3), sampling)
+    with torch.no_grad():
+        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits.float()
+    width, mask = rollout.completion_ids.shape[1], rollout.completion_mask
+    direct = logits[:, 4 : 4 + width, :53].log_softmax(-1).gather(2, rollout.completion_ids[..., None])[..., 0]
+    assert rollout.sampler_logprobs is not None and rollout.sampler_logprobs.shape == mask.shape
+    torch.testing.assert_close(rollout.sampler_logprobs[mask], direct[mask], atol=1e-4, rtol=0)
+    assert bool((rollout.sampler_logprobs[~mask] == 0).all()) and bool((rollout.sampler_logprobs[mask] < 0).all())

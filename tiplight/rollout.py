@@ -72,11 +72,13 @@ class Rollout:
 
     @staticmethod
     def from_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion: torch.Tensor,
-                         mask: torch.Tensor) -> Rollout:
+                         mask: torch.Tensor, sampler_logprobs: torch.Tensor | None = None) -> Rollout:
         """Left-padded prompts ``input_ids`` / ``attention_mask`` ``[R, P]`` followed by their ``completion``
-        ``[R, C]`` (pads after the end), whose ``mask`` ``[R, C]`` is True on generated tokens."""
+        ``[R, C]`` (pads after the end), whose ``mask`` ``[R, C]`` is True on generated tokens; the sampler's
+        log-probabilities ``[R, C]``, when given, are zeroed outside ``mask``."""
         full_attention = torch.cat([attention_mask, mask.long()], dim=1)
-        return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, input_ids.shape[1])
+        logprobs = None if sampler_logprobs is None else sampler_logprobs.float() * mask
+        return Rollout(torch.cat([input_ids, completion], 1), full_attention, mask, input_ids.shape[1], logprobs)
 
     @staticmethod
     def cat(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -179,13 +181,16 @@ class CounterSampler(LogitsProcessor):
     """Samples each row at its counter-based uniform (``inverse_cdf_sample``) and leaves only that token.
 
     Used with ``do_sample=False``: generate's argmax then picks the sampled token. Token ids at or above
-    ``vocab_size`` (padding rows of a padded embedding) are never produced.
+    ``vocab_size`` (padding rows of a padded embedding) are never produced. ``logprobs`` collects, per
+    decoding step, each row's log-probability of its token under the raw distribution (before temperature
+    and filtering, as vLLM reports them).
     """
 
     def __init__(self, sampling: Sampling, seed: int, keys: torch.Tensor, prompt_length: int, vocab_size: int):
         self.sampling, self.prompt_length, self.vocab_size = sampling, prompt_length, vocab_size
         # every position's uniform in one go: a decoding step then only reads its column
         self.uniforms = counter_uniform(seed, keys, torch.arange(sampling.max_new_tokens))  # [R, C]
+        self.logprobs: list[torch.Tensor] = []  # [R] per decoding step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         out = torch.full_like(scores, float("-inf"))
@@ -195,7 +200,14 @@ class CounterSampler(LogitsProcessor):
         else:
             position = input_ids.shape[1] - self.prompt_length
             choice = inverse_cdf_sample(filter_logits(scores, self.sampling), self.uniforms[:, position])
+        self.logprobs.append(scores.float().log_softmax(-1).gather(1, choice[:, None])[:, 0])
         return out.scatter(1, choice[:, None], 0.0)
+
+    def sampled_logprobs(self, width: int) -> torch.Tensor:
+        """``[R, width]`` log-probabilities of the tokens chosen so far (0 past the last step)."""
+        if not self.logprobs:
+            return torch.zeros(self.uniforms.shape[0], width)
+        return pad_right(torch.stack(self.logprobs, 1)[:, :width], width)
 
 
 def completion_mask(completion_ids: torch.Tensor, eos_token_ids: list[int]) -> torch.Tensor:
@@ -273,7 +285,7 @@ class RolloutEngine(ABC):
 
 
 class HFGenerate(RolloutEngine):
-    """Hugging Face ``generate`` with KV cache and counter-based sampling."""
+    """Hugging Face ``generate`` with KV cache and counter-based sampling; fills ``sampler_logprobs``."""
 
     def _generate(self, model: torch.nn.Module, request: RolloutRequest) -> Rollout:
         input_ids, sampling = request.input_ids, request.sampling
@@ -297,4 +309,5 @@ class HFGenerate(RolloutEngine):
         completion = out[:, prompt_length:]  # [R, C]
         mask = completion_mask(completion, request.eos_token_ids)
         completion = completion.masked_fill(~mask, request.pad_token_id)
-        return Rollout.from_completions(input_ids, request.attention_mask, completion, mask)
+        logprobs = sampler.sampled_logprobs(completion.shape[1]).to(completion.device)
+        return Rollout.from_completions(input_ids, request.attention_mask, completion, mask, logprobs)
