@@ -15,7 +15,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import generation
+from tiplight import generation, keep
+from tiplight.args import Logging, Memory, Optimization
 from tiplight.envs import Environment
 from tiplight.envs.training import EpisodeDataModule, sample_episodes
 from tiplight.models import (
@@ -35,7 +36,6 @@ from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
 from tiplight.optimizers import build_optimizer, check_resumed_optimizer, optimizer_name
 from tiplight.parallel import (
-    all_gather_rows,
     clip_grad_norm,
     no_sync,
     parallelize,
@@ -46,15 +46,14 @@ from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
 from tiplight.planted import load_planted_mask, rollout_planted
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
 from tiplight.schedule import lr_factor
-from tiplight.seeding import derived_seed, resolve_seed
+from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
-from tiplight.selection.base import selector_weights
 from tiplight.sources import resolve
-from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
+from tiplight.stats import completion_hidden, replay_rng, step_metrics
 from tiplight.teachers import ServedTeacher
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
-torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
+torch.serialization.add_safe_globals([LoRA, Quantization, Sampling, Memory, Optimization, Logging])
 
 DEFAULT_SAMPLING = Sampling()
 
@@ -97,20 +96,14 @@ class DistillModule(L.LightningModule):
         student_quantization / teacher_quantization: bitsandbytes 4/8-bit loading (a quantized student
             needs ``lora``: QLoRA).
         lora: train a LoRA adapter instead of all student weights.
-        gradient_checkpointing: recompute the student's decoder activations in backward.
         sampling / val_sampling: rollout sampling for training and for the validation OPD loss.
         objective: the loss at kept positions and its denominator (any ``tiplight.objectives.Objective``):
             ``ReverseKL`` by default (TIP Eq. 9), ``ForwardKL``, ``JSD``, ``TopKDivergence``, ``SampledTokenPG``.
         stats_scope: normalise statistics over the whole step (``batch``, all ranks) or per ``micro`` batch.
-        micro_batch_size: rollouts per forward/backward on each rank (default: all of them at once).
-        chunk_size: positions per lm_head chunk in statistics and loss (bounds the logits' memory).
         optimizer: optimizer factory (default AdamW, lr 1e-6, weight decay 0.1, as the paper).
-        lr_schedule / warmup_steps / min_lr_ratio: LR schedule over ``trainer.max_steps``.
-        grad_clip: clip the gradient norm to this value (None: no clipping).
-        entropy_threshold / divergence_threshold: quadrant thresholds for logging (default: medians).
-        generation_batch_size: rollouts generated at once (bounds generation memory).
-        max_empty_steps: stop with an error after this many consecutive steps in which no token was kept
-            anywhere (skipped steps do not count toward ``max_steps``, so such a run would never end).
+        optimization: LR schedule, gradient clipping and the limit on empty steps (``tiplight.args.Optimization``).
+        memory: micro-batches, lm_head chunks, checkpointing, generation batch (``tiplight.args.Memory``).
+        logging: quadrant thresholds and planted errors in the step's metrics (``tiplight.args.Logging``).
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
         engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
@@ -119,10 +112,6 @@ class DistillModule(L.LightningModule):
         environment: multi-turn episodes with tools (any ``tiplight.envs.Environment``, with
             ``tiplight.envs.EpisodeDataModule`` as data): only the student's own tokens are scored, selected
             and trained; tool turns are context for both models.
-        planted_errors: dotted path of the world's planted-error mask, a function (prompt, completion
-            tokens) -> list[bool] (``tiplight.toy.planted.planted_error_mask`` for the overconfident toy
-            world); then each step logs how the kept set meets them (``planted/recall``, ``precision``,
-            ``share``; with ``stats_scope: batch``, as the kept quadrant shares). None: not logged.
     """
 
     def __init__(
@@ -136,35 +125,20 @@ class DistillModule(L.LightningModule):
         student_quantization: Quantization | None = None,
         teacher_quantization: Quantization | None = None,
         lora: LoRA | None = None,
-        gradient_checkpointing: bool = False,
         sampling: Sampling = DEFAULT_SAMPLING,
         val_sampling: Sampling | None = None,
         objective: Objective | None = None,
         stats_scope: Literal["batch", "micro"] = "batch",
-        micro_batch_size: int | None = None,
-        chunk_size: int = 512,
         optimizer: OptimizerCallable = _adamw,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        grad_clip: float | None = 1.0,
-        entropy_threshold: float | None = None,
-        divergence_threshold: float | None = None,
-        generation_batch_size: int = 64,
-        max_empty_steps: int = 20,
+        optimization: Optimization = Optimization(),
+        memory: Memory = Memory(),
+        logging: Logging = Logging(),
         seed: int | None = None,
         engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
         environment: Environment | None = None,
-        planted_errors: str | None = None,
     ):
         super().__init__()
-        for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
-                            ("max_empty_steps", max_empty_steps)):
-            if value < 1:
-                raise ValueError(f"model.{name}={value} is not allowed; use an integer >= 1.")
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"model.micro_batch_size={micro_batch_size} is not allowed; use >= 1 or null.")
         if student_quantization is not None and lora is None:
             raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
                              "trains only through a LoRA adapter (QLoRA): set model.lora.")
@@ -174,19 +148,18 @@ class DistillModule(L.LightningModule):
         self.served_teacher = teacher if served else None
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
+        self.optimization, self.memory, self.logging = optimization, memory, logging
         self.seed = resolve_seed(seed)
         self.selector = selector if selector is not None else AllTokens()
         self.objective = objective if objective is not None else ReverseKL()
         self.optimizer_factory = optimizer
-        self.sampling = sampling
-        self.val_sampling = val_sampling or sampling
+        self.sampling, self.val_sampling = sampling, val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
         self.environment = environment
-        self.planted_mask = load_planted_mask(planted_errors) if planted_errors is not None else None
+        self.planted_mask = load_planted_mask(logging.planted_errors) if logging.planted_errors is not None else None
         self.automatic_optimization = False
         self.student: nn.Module | None = None
-        self.tokenizer = None
-        self.vocab_size = 0
+        self.tokenizer, self.vocab_size = None, 0
         self.last_step: StepRecord | None = None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
@@ -222,7 +195,7 @@ class DistillModule(L.LightningModule):
         self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
         device = self.trainer.strategy.root_device if self._trainer is not None else None
         student = load_student(ModelSource(resolve(hp.student), hp.dtype, self.student_quantization), self.lora,
-                               seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
+                               seed=self.seed, gradient_checkpointing=self.memory.gradient_checkpointing, device=device)
         models = [student]
         if self.served_teacher is not None:
             self.vocab_size = vocab_size(self.tokenizer, student)
@@ -246,9 +219,9 @@ class DistillModule(L.LightningModule):
         check_resumed_optimizer(self.resumed_optimizer, self.trainer.optimizers)
         if self.teacher is None:
             raise ValueError("model.teacher is not set; `fit` distils from a teacher: give its hub id or directory.")
-        if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
+        if self.optimization.lr_schedule == "cosine" and self.trainer.max_steps < 1:
             raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
-                             "model.lr_schedule: constant).")
+                             "model.optimization.lr_schedule: constant).")
         if self.environment is not None and not isinstance(self.trainer.datamodule, EpisodeDataModule):
             raise ValueError(f"model.environment is set but data is {type(self.trainer.datamodule).__name__}; "
                              "episodes need data: tiplight.envs.EpisodeDataModule (or drop model.environment).")
@@ -270,9 +243,9 @@ class DistillModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
-        hp = self.hparams
-        factor = partial(lr_factor, schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
-                         total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=hp.min_lr_ratio)
+        opt = self.optimization
+        factor = partial(lr_factor, schedule=opt.lr_schedule, warmup_steps=opt.warmup_steps,
+                         total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=opt.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -310,7 +283,7 @@ class DistillModule(L.LightningModule):
         run's seed unless given, as evaluations give their own)."""
         seed = self.seed if seed is None else seed
         options = dict(sampling=sampling, seed=seed, vocab_size=self.vocab_size,
-                       batch_size=self.hparams.generation_batch_size, synced=self.sharded)
+                       batch_size=self.memory.generation_batch_size, synced=self.sharded)
         if "problems" in batch:  # an episode batch (EpisodeDataModule): multi-turn, tool turns as context
             return sample_episodes(self.engine, self.student, self.tokenizer, self.environment, batch,
                                    **options).to_rollout()
@@ -318,41 +291,19 @@ class DistillModule(L.LightningModule):
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
-        size = self.hparams.micro_batch_size
+        size = self.memory.micro_batch_size
         return torch.is_grad_enabled() and (size is None or size >= len(rollout.input_ids))
 
     def score(self, rollout: Rollout, keep_graph: bool = False) -> list[ScoredPart]:
         """Teacher and student forward per micro-batch; chunked no-grad statistics at valid positions."""
         return score(self.student, self.teacher, rollout, keep_graph=keep_graph, vocab_size=self.vocab_size,
-                     micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
-                     chunk_size=self.hparams.chunk_size, objective=self.objective)
+                     micro_batch_size=self.memory.micro_batch_size or len(rollout.input_ids),
+                     chunk_size=self.memory.chunk_size, objective=self.objective)
 
     def select(self, parts: list[ScoredPart], batch_index: int,
                keys: torch.Tensor) -> tuple[TokenStats, list[torch.Tensor], slice]:
-        """Normalise over the stats scope and select (``keys`` ``[R]``: the rollout keys of the parts' rows).
-
-        Returns the scope's stats (the whole step's, gathered over ranks, in ``batch`` scope), per-part
-        float weights (0 = not kept) and the rows of the stats that are this rank's rollouts."""
-        device = parts[0].raw.entropy.device
-        generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
-        if self.hparams.stats_scope == "micro":  # a micro-batch draws from (step seed, its first key) alone
-            firsts = [int(k[0]) for k in keys.split([len(p.raw.entropy) for p in parts])]
-            seeds = [derived_seed(self.step_seed(batch_index), key) for key in firsts]
-            picked = [self._select(p.raw, p.rollout.completion_mask, torch.Generator(device).manual_seed(seed))
-                      for p, seed in zip(parts, seeds)]
-            stats = TokenStats.cat([s for s, _ in picked])
-            return stats, [w for _, w in picked], slice(0, len(stats.valid))
-        raw = RawStats.cat([p.raw for p in parts])
-        masks = [p.rollout.completion_mask for p in parts]
-        valid = RawStats.cat([RawStats(m, m, m) for m in masks]).entropy.bool()
-        (entropy, rkl, fkl, valid), rows = all_gather_rows(self, [raw.entropy, raw.rkl, raw.fkl, valid])
-        stats, weights = self._select(RawStats(entropy, rkl, fkl), valid, generator)
-        local = weights[rows].split([len(m) for m in masks])
-        return stats, [w[:, : m.shape[1]] for w, m in zip(local, masks)], rows
-
-    def _select(self, raw: RawStats, valid: torch.Tensor, generator: torch.Generator):
-        stats = TokenStats.from_raw(raw.entropy, raw.rkl, raw.fkl, valid)
-        return stats, selector_weights(self.selector, stats, generator)
+        """Normalise over the stats scope and select (``tiplight.keep.select``)."""
+        return keep.select(self, self.selector, self.hparams.stats_scope, parts, self.step_seed(batch_index), keys)
 
     def update(self, parts: list[ScoredPart], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss at kept positions, backward per micro-batch, one optimizer step.
@@ -377,8 +328,8 @@ class DistillModule(L.LightningModule):
         loss = sum_over_ranks(self, total) / denominator
         self.check_finite_loss(loss)
         scale_gradients(self.student, self.trainer.world_size / denominator)
-        if self.hparams.grad_clip is not None:
-            clip_grad_norm(self, optimizer, self.hparams.grad_clip)
+        if self.optimization.grad_clip is not None:
+            clip_grad_norm(self, optimizer, self.optimization.grad_clip)
         optimizer.step()
         self.engine.weights_updated()
         self.lr_schedulers().step()
@@ -395,9 +346,9 @@ class DistillModule(L.LightningModule):
     def skip_empty_step(self) -> None:
         """A step that kept no token on any rank is skipped; too many in a row end the run."""
         self.empty_steps += 1
-        if self.empty_steps >= self.hparams.max_empty_steps:
+        if self.empty_steps >= self.optimization.max_empty_steps:
             raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
-                             f"(model.max_empty_steps={self.hparams.max_empty_steps}): model.selector "
+                             f"(model.optimization.max_empty_steps={self.optimization.max_empty_steps}): model.selector "
                              f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
                              "settings (retain, thresholds).")
         warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
@@ -412,7 +363,7 @@ class DistillModule(L.LightningModule):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                 self.objective, self.vocab_size, self.hparams.chunk_size,
+                                 self.objective, self.vocab_size, self.memory.chunk_size,
                                  part.token_loss.at(mask) if part.token_loss is not None else None,
                                  part.context.at(mask) if part.context is not None else None)
 
@@ -429,9 +380,9 @@ class DistillModule(L.LightningModule):
 
     def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
                  kept_fraction: torch.Tensor) -> None:
-        keep = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
-        planted = self.global_planted(self.last_step.rollout, stats.valid) if keep is not None else None
-        metrics = step_metrics(stats, keep, self.hparams.entropy_threshold, self.hparams.divergence_threshold,
+        kept = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
+        planted = self.global_planted(self.last_step.rollout, stats.valid) if kept is not None else None
+        metrics = step_metrics(stats, kept, self.logging.entropy_threshold, self.logging.divergence_threshold,
                                planted)
         metrics.update({"train/loss": loss, "train/kept_fraction": kept_fraction,
                         "cost/head_flops": self.head_flops(weights),
@@ -449,9 +400,7 @@ class DistillModule(L.LightningModule):
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""
-        local = torch.cat([pad_right(w, valid.shape[1]) for w in weights]) > 0
-        (gathered,), _ = all_gather_rows(self, [local])
-        return gathered[:, : valid.shape[1]]
+        return keep.global_keep(self, weights, valid.shape[1])
 
     def head_flops(self, weights: list[torch.Tensor]) -> torch.Tensor:
         """The update's kept-token head FLOPs over all ranks: 6 d V per kept token (the student lm_head's
@@ -462,12 +411,11 @@ class DistillModule(L.LightningModule):
 
     def global_planted(self, rollout: Rollout, valid: torch.Tensor) -> torch.Tensor | None:
         """The whole step's planted-error positions ``[R_global, C]`` (rows as ``global_keep``'s); None
-        unless ``model.planted_errors`` names the world's mask."""
+        unless ``model.logging.planted_errors`` names the world's mask."""
         if self.planted_mask is None:
             return None
         local = rollout_planted(self.planted_mask, self.tokenizer, rollout)  # [R, C]
-        (gathered,), _ = all_gather_rows(self, [pad_right(local, valid.shape[1])])
-        return gathered[:, : valid.shape[1]]
+        return keep.gather_rows(self, local, valid.shape[1])
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------
     def on_validation_epoch_start(self) -> None:
