@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -15,36 +15,28 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import generation, keep
+from tiplight import generation, keep, startup
 from tiplight.args import Logging, Memory, Optimization
 from tiplight.envs import Environment
-from tiplight.envs.training import EpisodeDataModule, sample_episodes
+from tiplight.envs.training import sample_episodes
 from tiplight.models import (
     LoRA,
-    ModelSource,
     Quantization,
-    check_chat_format,
-    check_teacher_tokenizer,
     export_student,
-    freeze,
-    load_model,
-    load_student,
-    load_tokenizer,
-    vocab_size,
 )
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
-from tiplight.optimizers import build_optimizer, check_resumed_optimizer, optimizer_name
+from tiplight.optimizers import build_optimizer, optimizer_name
 from tiplight.parallel import (
     clip_grad_norm,
     no_sync,
-    parallelize,
     scale_gradients,
     sum_over_ranks,
 )
 from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
 from tiplight.planted import load_planted_mask, rollout_planted
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
+from tiplight.resume import non_finite
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
 from tiplight.schedule import lr_factor
 from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
@@ -70,16 +62,6 @@ class StepRecord:
     rollout: Rollout
     stats: TokenStats
     weights: torch.Tensor
-
-
-def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
-    """The name of the first floating-point tensor holding NaN or inf (this rank's shard of a DTensor);
-    None when every one is finite."""
-    for name, tensor in tensors:
-        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
-            return name
-    return None
 
 
 class DistillModule(L.LightningModule):
@@ -120,31 +102,23 @@ class DistillModule(L.LightningModule):
         teacher: str | ServedTeacher | None = None,
         selector: Selector | None = None,
         tokenizer: str | None = None,
-        dtype: str = "float32",
-        teacher_dtype: str | None = None,
-        student_quantization: Quantization | None = None,
-        teacher_quantization: Quantization | None = None,
+        dtype: str = "float32", teacher_dtype: str | None = None,
+        student_quantization: Quantization | None = None, teacher_quantization: Quantization | None = None,
         lora: LoRA | None = None,
-        sampling: Sampling = DEFAULT_SAMPLING,
-        val_sampling: Sampling | None = None,
-        objective: Objective | None = None,
-        stats_scope: Literal["batch", "micro"] = "batch",
+        sampling: Sampling = DEFAULT_SAMPLING, val_sampling: Sampling | None = None,
+        objective: Objective | None = None, stats_scope: Literal["batch", "micro"] = "batch",
         optimizer: OptimizerCallable = _adamw,
         optimization: Optimization = Optimization(),
-        memory: Memory = Memory(),
-        logging: Logging = Logging(),
-        seed: int | None = None,
-        engine: RolloutEngine | None = None,
+        memory: Memory = Memory(), logging: Logging = Logging(),
+        seed: int | None = None, engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
         environment: Environment | None = None,
     ):
         super().__init__()
-        if student_quantization is not None and lora is None:
-            raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
-                             "trains only through a LoRA adapter (QLoRA): set model.lora.")
+        startup.check_quantized_student(student_quantization, lora)
         served = isinstance(teacher, ServedTeacher)
-        ignored = ["selector", "objective", "optimizer", "engine", "environment"] + (["teacher"] if served else [])
-        self.save_hyperparameters(ignore=ignored)
+        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine", "environment",
+                                          *(["teacher"] if served else [])])
         self.served_teacher = teacher if served else None
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
@@ -152,15 +126,13 @@ class DistillModule(L.LightningModule):
         self.seed = resolve_seed(seed)
         self.selector = selector if selector is not None else AllTokens()
         self.objective = objective if objective is not None else ReverseKL()
-        self.optimizer_factory = optimizer
+        self.optimizer_factory, self.environment = optimizer, environment
         self.sampling, self.val_sampling = sampling, val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
-        self.environment = environment
         self.planted_mask = load_planted_mask(logging.planted_errors) if logging.planted_errors is not None else None
         self.automatic_optimization = False
         self.student: nn.Module | None = None
-        self.tokenizer, self.vocab_size = None, 0
-        self.last_step: StepRecord | None = None
+        self.tokenizer, self.vocab_size, self.last_step = None, 0, None  # last_step: a StepRecord once trained
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
         self.resumed_optimizer: str | None = None  # the optimizer class of the checkpoint resumed from
@@ -189,57 +161,16 @@ class DistillModule(L.LightningModule):
         return self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
     def configure_model(self) -> None:
-        if self.student is not None:
-            return
-        hp = self.hparams
-        self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
-        device = self.trainer.strategy.root_device if self._trainer is not None else None
-        student = load_student(ModelSource(resolve(hp.student), hp.dtype, self.student_quantization), self.lora,
-                               seed=self.seed, gradient_checkpointing=self.memory.gradient_checkpointing, device=device)
-        models = [student]
-        if self.served_teacher is not None:
-            self.vocab_size = vocab_size(self.tokenizer, student)
-            self.served_teacher.connect(self.tokenizer, self.vocab_size, device, hp.allow_template_mismatch)
-            self.__dict__["_teacher"] = self.served_teacher
-        elif hp.get("teacher") is not None:
-            teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
-            teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
-            teacher = freeze(load_model(teacher_source, "model.teacher", device))
-            if teacher_tokenizer is not None:
-                check_chat_format((self.tokenizer, eos_token_ids(self.tokenizer, student)),
-                                  (teacher_tokenizer, eos_token_ids(teacher_tokenizer, teacher)),
-                                  self.tokenizer_field, hp.allow_template_mismatch)
-            self.__dict__["_teacher"] = teacher
-            models.append(teacher)
-        self.vocab_size = vocab_size(self.tokenizer, *models)
-        self.student = student.train()  # from_pretrained returns eval mode; LoRA/dropout must train
-        parallelize(self, student, None if self.served_teacher is not None else self.teacher)
+        """Load the tokenizer and models once (``tiplight.startup.load_models``), then shard them."""
+        if self.student is None:
+            startup.load_models(self)
 
     def on_fit_start(self) -> None:
-        check_resumed_optimizer(self.resumed_optimizer, self.trainer.optimizers)
-        if self.teacher is None:
-            raise ValueError("model.teacher is not set; `fit` distils from a teacher: give its hub id or directory.")
-        if self.optimization.lr_schedule == "cosine" and self.trainer.max_steps < 1:
-            raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
-                             "model.optimization.lr_schedule: constant).")
-        if self.environment is not None and not isinstance(self.trainer.datamodule, EpisodeDataModule):
-            raise ValueError(f"model.environment is set but data is {type(self.trainer.datamodule).__name__}; "
-                             "episodes need data: tiplight.envs.EpisodeDataModule (or drop model.environment).")
-        if self.served_teacher is not None:  # +1: vLLM answers prompt log-probabilities with one new token
-            self.served_teacher.check_length(*self.longest_sequence())
+        startup.check_fit(self)
 
     def teardown(self, stage: str) -> None:
         if self.served_teacher is not None:  # no request threads outlive the run (a later call starts new ones)
             self.served_teacher.close()
-
-    def longest_sequence(self) -> tuple[int, str]:
-        """The most tokens a served teacher is asked to score (+1, the token vLLM adds), and where it is set."""
-        if self.environment is not None:
-            return self.environment.max_tokens + 1, "model.environment.init_args.max_tokens + 1"
-        prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
-        field = "val_sampling" if self.val_sampling.max_new_tokens > self.sampling.max_new_tokens else "sampling"
-        new = getattr(self, field).max_new_tokens
-        return prompt + new + 1, f"data.max_prompt_tokens + model.{field}.max_new_tokens + 1"
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])

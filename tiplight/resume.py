@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,16 @@ def differences(given: dict[str, Any], saved: dict[str, Any]) -> dict[str, tuple
         elif mine != value:
             out[key] = (mine, value)
     return out
+
+
+def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf (this rank's shard of a DTensor);
+    None when every one is finite."""
+    for name, tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
+            return name
+    return None
 
 
 def check_intact(path: str) -> None:
