@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -15,7 +12,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import generation, keep, startup
+from tiplight import generation, keep, startup, step_log
 from tiplight.args import Logging, Memory, Optimization
 from tiplight.envs import Environment
 from tiplight.envs.training import sample_episodes
@@ -26,22 +23,21 @@ from tiplight.models import (
 )
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
-from tiplight.optimizers import build_optimizer, optimizer_name
+from tiplight.optimizers import optimizer_and_schedule, optimizer_name
 from tiplight.parallel import (
     clip_grad_norm,
     no_sync,
     scale_gradients,
     sum_over_ranks,
 )
-from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
-from tiplight.planted import load_planted_mask, rollout_planted
-from tiplight.resume import non_finite
+from tiplight.passes import ScoredPart, sample, score
+from tiplight.planted import load_planted_mask
+from tiplight.resume import loop_state, non_finite
 from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
-from tiplight.schedule import lr_factor
 from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
-from tiplight.stats import completion_hidden, replay_rng, step_metrics
+from tiplight.stats import completion_hidden, replay_rng
 from tiplight.teachers import ServedTeacher
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
@@ -172,13 +168,9 @@ class DistillModule(L.LightningModule):
         if self.served_teacher is not None:  # no request threads outlive the run (a later call starts new ones)
             self.served_teacher.close()
 
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
-        opt = self.optimization
-        factor = partial(lr_factor, schedule=opt.lr_schedule, warmup_steps=opt.warmup_steps,
-                         total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=opt.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return optimizer_and_schedule(self.optimizer_factory, params, self.optimization, self.trainer.max_steps)
 
     # --- the algorithm ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -205,7 +197,7 @@ class DistillModule(L.LightningModule):
         with self.timer("update"):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
-        self.log_sampler_gap(parts)
+        step_log.log_sampler_gap(self, parts)
         if self.served_teacher is not None:  # this rank's requests and bytes received this step
             self.log_dict(self.served_teacher.traffic(), on_step=True, sync_dist=False)
 
@@ -298,55 +290,18 @@ class DistillModule(L.LightningModule):
                                  part.token_loss.at(mask) if part.token_loss is not None else None,
                                  part.context.at(mask) if part.context is not None else None)
 
-    # --- logging --------------------------------------------------------------------------------------
-    @contextmanager
-    def timer(self, name: str) -> Iterator[None]:
+    # --- logging (tiplight.step_log) ----------------------------------------------------------------------
+    def timer(self, name: str) -> AbstractContextManager[None]:
         """Log the wall time of the block as ``time/<name>`` (synchronised on CUDA)."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
-        sync()
-        start = time.perf_counter()
-        yield
-        sync()
-        self.log(f"time/{name}", time.perf_counter() - start, on_step=True, reduce_fx="max", sync_dist=False)
+        return step_log.timer(self, name)
 
     def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
                  kept_fraction: torch.Tensor) -> None:
-        kept = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
-        planted = self.global_planted(self.last_step.rollout, stats.valid) if kept is not None else None
-        metrics = step_metrics(stats, kept, self.logging.entropy_threshold, self.logging.divergence_threshold,
-                               planted)
-        metrics.update({"train/loss": loss, "train/kept_fraction": kept_fraction,
-                        "cost/head_flops": self.head_flops(weights),
-                        "lr": self.lr_schedulers().get_last_lr()[0]})
-        self.log_dict(metrics, on_step=True, prog_bar=False)
-        self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
-
-    def log_sampler_gap(self, parts: list[ScoredPart]) -> None:
-        """``train/sampler_logprob_gap``: mean ``|log P_S - log P_sampler|`` over the step's valid tokens
-        on all ranks, when the rollout carries the sampler's log-probabilities."""
-        gap = sampler_logprob_gap(parts)
-        if gap is not None:
-            total, count = sum_over_ranks(self, gap)
-            self.log("train/sampler_logprob_gap", total / count.clamp(min=1), on_step=True)
+        step_log.log_step(self, stats, weights, loss, kept_fraction)
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""
         return keep.global_keep(self, weights, valid.shape[1])
-
-    def head_flops(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        """The update's kept-token head FLOPs over all ranks: 6 d V per kept token (the student lm_head's
-        forward, 2 d V, and backward, 4 d V), the part of the update whose cost the selector sets (the
-        backbone's backward runs over every position whatever is kept)."""
-        kept = sum_over_ranks(self, sum((w > 0).sum() for w in weights).double())
-        return 6 * self.student.get_output_embeddings().weight.shape[-1] * self.vocab_size * kept
-
-    def global_planted(self, rollout: Rollout, valid: torch.Tensor) -> torch.Tensor | None:
-        """The whole step's planted-error positions ``[R_global, C]`` (rows as ``global_keep``'s); None
-        unless ``model.logging.planted_errors`` names the world's mask."""
-        if self.planted_mask is None:
-            return None
-        local = rollout_planted(self.planted_mask, self.tokenizer, rollout)  # [R, C]
-        return keep.gather_rows(self, local, valid.shape[1])
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -372,12 +327,7 @@ class DistillModule(L.LightningModule):
                                   "optimizer": optimizer_name(self.trainer.optimizers)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        bad = non_finite(checkpoint.get("state_dict", {}).items())
-        if bad is not None:
-            raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
-                             "(an earlier one, or interrupted.ckpt).")
-        self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
-        self.resumed_optimizer = checkpoint.get("tiplight", {}).get("optimizer")
+        self.next_batch, self.resumed_optimizer = loop_state(checkpoint)
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True, write: bool = True) -> str:

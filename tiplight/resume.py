@@ -53,6 +53,17 @@ def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
     return None
 
 
+def loop_state(checkpoint: dict[str, Any]) -> tuple[int, str | None]:
+    """The loop's state a checkpoint holds (the next training batch, the optimizer class), after refusing
+    one whose weights hold NaN or inf."""
+    bad = non_finite(checkpoint.get("state_dict", {}).items())
+    if bad is not None:
+        raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
+                         "(an earlier one, or interrupted.ckpt).")
+    state = checkpoint.get("tiplight", {})
+    return state.get("next_batch", 0), state.get("optimizer")
+
+
 def check_intact(path: str) -> None:
     """Test a ``.ckpt`` file's records against their CRC-32 (one read of the file): torch.load does not,
     and a file corrupted mid-way loads with wrong weights. A distributed checkpoint has no checksums."""
