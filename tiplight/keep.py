@@ -3,6 +3,7 @@ each micro-batch), the selector's weights, and the step's masks gathered over ra
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import lightning as L
@@ -10,11 +11,21 @@ import torch
 
 from tiplight.parallel import all_gather_rows
 from tiplight.passes import ScoredPart
-from tiplight.rollout import pad_right
+from tiplight.rollout import Rollout, pad_right
 from tiplight.seeding import derived_seed
 from tiplight.selection import Selector, TokenStats
 from tiplight.selection.base import selector_weights
 from tiplight.stats import RawStats
+
+
+@dataclass
+class StepRecord:
+    """The last training step on this rank, for diagnostics: its rollouts, their statistics (normalised
+    over the stats scope) and the selector's weights (0 = not kept), all ``[R_local, C]``."""
+
+    rollout: Rollout
+    stats: TokenStats
+    weights: torch.Tensor
 
 
 def cat_right(tensors: list[torch.Tensor]) -> torch.Tensor:

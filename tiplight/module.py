@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -16,20 +14,11 @@ from tiplight import generation, keep, startup, step_log
 from tiplight.args import Logging, Memory, Optimization
 from tiplight.envs import Environment
 from tiplight.envs.training import sample_episodes
-from tiplight.models import (
-    LoRA,
-    Quantization,
-    export_student,
-)
+from tiplight.models import LoRA, Quantization, export_student
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
 from tiplight.optimizers import optimizer_and_schedule, optimizer_name
-from tiplight.parallel import (
-    clip_grad_norm,
-    no_sync,
-    scale_gradients,
-    sum_over_ranks,
-)
+from tiplight.parallel import sum_over_ranks
 from tiplight.passes import ScoredPart, sample, score
 from tiplight.planted import load_planted_mask
 from tiplight.resume import loop_state, non_finite
@@ -39,6 +28,7 @@ from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
 from tiplight.stats import completion_hidden, replay_rng
 from tiplight.teachers import ServedTeacher
+from tiplight.update import update_step
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
 torch.serialization.add_safe_globals([LoRA, Quantization, Sampling, Memory, Optimization, Logging])
@@ -48,16 +38,6 @@ DEFAULT_SAMPLING = Sampling()
 
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.1)
-
-
-@dataclass
-class StepRecord:
-    """The last training step on this rank, for diagnostics: its rollouts, their statistics (normalised
-    over the stats scope) and the selector's weights (0 = not kept), all ``[R_local, C]``."""
-
-    rollout: Rollout
-    stats: TokenStats
-    weights: torch.Tensor
 
 
 class DistillModule(L.LightningModule):
@@ -128,7 +108,8 @@ class DistillModule(L.LightningModule):
         self.planted_mask = load_planted_mask(logging.planted_errors) if logging.planted_errors is not None else None
         self.automatic_optimization = False
         self.student: nn.Module | None = None
-        self.tokenizer, self.vocab_size, self.last_step = None, 0, None  # last_step: a StepRecord once trained
+        self.tokenizer, self.vocab_size = None, 0
+        self.last_step: keep.StepRecord | None = None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
         self.resumed_optimizer: str | None = None  # the optimizer class of the checkpoint resumed from
@@ -193,7 +174,7 @@ class DistillModule(L.LightningModule):
         with self.timer("select"):
             stats, weights, rows = self.select(parts, batch["batch_index"], batch["keys"])
         width = rollout.completion_mask.shape[1]
-        self.last_step = StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
+        self.last_step = keep.StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
         with self.timer("update"):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
@@ -229,52 +210,10 @@ class DistillModule(L.LightningModule):
         return keep.select(self, self.selector, self.hparams.stats_scope, parts, self.step_seed(batch_index), keys)
 
     def update(self, parts: list[ScoredPart], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss at kept positions, backward per micro-batch, one optimizer step.
+        """Loss at kept positions, backward per micro-batch, one optimizer step (``tiplight.update.update_step``).
 
         Returns the step's loss and the fraction of valid tokens kept, both over all ranks."""
-        kept = sum((w > 0).sum() for w in weights).float()
-        valid = sum(p.rollout.completion_mask.sum() for p in parts).float()
-        kept, valid = sum_over_ranks(self, torch.stack([kept, valid]))
-        if kept == 0:
-            self.skip_empty_step()
-            return torch.tensor(float("nan")), kept
-        self.empty_steps = 0
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        total = torch.zeros((), device=self.device)
-        for i, (part, w) in enumerate(zip(parts, weights)):
-            with no_sync(self.trainer, skip=i < len(parts) - 1):
-                loss_sum = self.loss_sum(part, w)
-                self.manual_backward(loss_sum)
-            total += loss_sum.detach()
-        denominator = kept if self.objective.denominator == "kept" else valid
-        loss = sum_over_ranks(self, total) / denominator
-        self.check_finite_loss(loss)
-        scale_gradients(self.student, self.trainer.world_size / denominator)
-        if self.optimization.grad_clip is not None:
-            clip_grad_norm(self, optimizer, self.optimization.grad_clip)
-        optimizer.step()
-        self.engine.weights_updated()
-        self.lr_schedulers().step()
-        return loss, kept / valid
-
-    def check_finite_loss(self, loss: torch.Tensor) -> None:
-        """Stop before the optimizer step of a non-finite loss (the same on every rank): the weights or the
-        rollouts hold NaN or inf, and every later step and the export would carry them."""
-        if not torch.isfinite(loss):
-            raise ValueError(f"the training loss is {loss.item()} at step {self.trainer.global_step + 1} (the "
-                             "student's weights or rollouts hold NaN or inf, e.g. after too high a learning "
-                             "rate); the run stops before that optimizer step and the student is not exported.")
-
-    def skip_empty_step(self) -> None:
-        """A step that kept no token on any rank is skipped; too many in a row end the run."""
-        self.empty_steps += 1
-        if self.empty_steps >= self.optimization.max_empty_steps:
-            raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
-                             f"(model.optimization.max_empty_steps={self.optimization.max_empty_steps}): model.selector "
-                             f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
-                             "settings (retain, thresholds).")
-        warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
+        return update_step(self, parts, weights)
 
     def loss_sum(self, part: ScoredPart, weights: torch.Tensor) -> torch.Tensor:
         """Weighted loss summed over this micro-batch's kept positions (student lm_head with grad)."""
