@@ -41,8 +41,10 @@ class Clipped(Recording):
 
 
 def main(devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
-    module = Clipped(student=student, teacher=teacher, selector=SoftOrTopK(0.5), optimization=Optimization(lr_schedule="constant", grad_clip=0.05), memory=Memory(micro_batch_size=2, gradient_checkpointing=True),
-                       sampling=Sampling(max_new_tokens=8), optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    module = Clipped(student=student, teacher=teacher, selector=SoftOrTopK(0.5),
+                     optimization=Optimization(lr_schedule="constant", grad_clip=0.05),
+                     sampling=Sampling(max_new_tokens=8), memory=Memory(micro_batch_size=2, gradient_checkpointing=True),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
     strategy = (CPUFSDPStrategy(auto_wrap_policy={Qwen3DecoderLayer}, state_dict_type="sharded")
                 if devices > 1 else "auto")

@@ -126,7 +126,8 @@ def test_paper_hyperparameters(base):
     assert model.optimizer.class_path == "torch.optim.AdamW"
     assert model.optimizer.init_args.lr == pytest.approx(PAPER[base])
     assert model.optimizer.init_args.weight_decay == 0.1
-    assert (model.optimization.lr_schedule, model.optimization.warmup_steps, model.optimization.grad_clip) == ("cosine", 0, 1.0)
+    optimization = model.optimization
+    assert (optimization.lr_schedule, optimization.warmup_steps, optimization.grad_clip) == ("cosine", 0, 1.0)
     assert (model.sampling.temperature, model.sampling.top_p, model.sampling.max_new_tokens) == (1.0, 1.0, 8192)
     assert (model.memory.chunk_size, model.stats_scope, model.objective.class_path, model.objective.init_args.denominator) == (
         512, "batch", "tiplight.objectives.ReverseKL", "kept")

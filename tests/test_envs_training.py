@@ -119,7 +119,7 @@ def test_gradient_is_zero_at_tool_positions_and_equals_the_naive_reference(pair,
 
     module = Hooked(student=pair["student"], teacher=pair["teacher"], selector=SoftOrTopK(0.5),
                     environment=EveryTurnTool(max_turns=3, max_tokens=256), sampling=Sampling(max_new_tokens=6),
-                    lr_schedule="constant", grad_clip=None, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+                    optimization=Optimization(lr_schedule="constant", grad_clip=None), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     make_trainer(tmp_path, max_steps=1).fit(module, EpisodeDataModule(prompts_per_step=2, rollouts_per_prompt=2))
     agent, weights = episodes.seen[-1], module.last_step.weights
     p = agent.prompt_length

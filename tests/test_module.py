@@ -60,7 +60,8 @@ class StopAt(__import__("lightning").Callback):
 
 @pytest.mark.parametrize("micro_batch_size", [None, 3])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny, prompts_file, tmp_path, micro_batch_size):
-    kwargs = dict(selector=SoftOrTopK(0.5), optimization=Optimization(lr_schedule="cosine", warmup_steps=1), memory=Memory(micro_batch_size=micro_batch_size), lora=LoRA(r=4, alpha=8, dropout=0.1))
+    kwargs = dict(selector=SoftOrTopK(0.5), optimization=Optimization(lr_schedule="cosine", warmup_steps=1),
+                  memory=Memory(micro_batch_size=micro_batch_size), lora=LoRA(r=4, alpha=8, dropout=0.1))
     straight = make_module(tiny, **kwargs)
     make_trainer(tmp_path / "a", max_steps=4).fit(straight, make_data(prompts_file))
 
@@ -121,7 +122,8 @@ def test_empty_step_is_skipped_with_a_warning(tiny, prompts_file, tmp_path):
 def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tmp_path):
     from tiplight.selection import QuadrantSelector
 
-    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0), optimization=Optimization(lr_schedule="constant", max_empty_steps=3))
+    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0),
+                         optimization=Optimization(lr_schedule="constant", max_empty_steps=3))
     trainer = make_trainer(tmp_path, max_steps=5)  # skipped steps never reach max_steps
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"no token was kept in 3 consecutive steps"):
         trainer.fit(module, make_data(prompts_file))

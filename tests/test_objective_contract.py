@@ -283,7 +283,8 @@ STEPS = {  # id -> (objective, module options)
 @pytest.mark.parametrize("case", list(STEPS))
 def test_step_gradient_equals_the_direct_formula(tiny, prompts_file, tmp_path, case):
     objective, options = STEPS[case]
-    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), optimization=Optimization(lr_schedule="constant", grad_clip=None),
+    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                         optimization=Optimization(lr_schedule="constant", grad_clip=None),
                          selector=SoftOrTopK(0.5), objective=objective, **options)
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.fit(module, make_data(prompts_file))

@@ -61,7 +61,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_step_gradient_equals_naive(tiny, prompts_file, tmp_path, case):
     kwargs = CASES[case]
-    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), optimization=Optimization(lr_schedule="constant", grad_clip=None), **kwargs)
+    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                         optimization=Optimization(lr_schedule="constant", grad_clip=None), **kwargs)
     if "custom" in case:
         module.objective = CustomReverseKL()
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
