@@ -72,6 +72,9 @@ class DistillModule(L.LightningModule):
             and trained; tool turns are context for both models.
     """
 
+    student: nn.Module | None  # loaded in configure_model
+    last_step: keep.StepRecord | None  # the last training step on this rank, for diagnostics
+
     def __init__(
         self,
         student: str,
@@ -107,9 +110,7 @@ class DistillModule(L.LightningModule):
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
         self.planted_mask = load_planted_mask(logging.planted_errors) if logging.planted_errors is not None else None
         self.automatic_optimization = False
-        self.student: nn.Module | None = None
-        self.tokenizer, self.vocab_size = None, 0
-        self.last_step: keep.StepRecord | None = None
+        self.student, self.tokenizer, self.vocab_size, self.last_step = None, None, 0, None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
         self.resumed_optimizer: str | None = None  # the optimizer class of the checkpoint resumed from
