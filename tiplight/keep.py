@@ -28,12 +28,6 @@ class StepRecord:
     weights: torch.Tensor
 
 
-def cat_right(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate ``[R_i, C_i]`` tensors along rows, right-padded with zeros to the widest: ``[sum R_i, C]``."""
-    width = max(t.shape[1] for t in tensors)
-    return torch.cat([pad_right(t, width) for t in tensors])
-
-
 def normalise_and_select(selector: Selector, raw: RawStats, valid: torch.Tensor,
                          generator: torch.Generator) -> tuple[TokenStats, torch.Tensor]:
     """Statistics normalised over every valid token given, and the selector's float weights ``[R, C]``."""
@@ -51,7 +45,8 @@ def select(module: L.LightningModule, selector: Selector, scope: Literal["batch"
         return _select_micro(selector, parts, step_seed, keys)
     raw = RawStats.cat([p.raw for p in parts])
     masks = [p.rollout.completion_mask for p in parts]
-    (entropy, rkl, fkl, valid), rows = all_gather_rows(module, [raw.entropy, raw.rkl, raw.fkl, cat_right(masks)])
+    valid = torch.cat([pad_right(m, raw.entropy.shape[1]) for m in masks])  # [R, C] as RawStats.cat pads
+    (entropy, rkl, fkl, valid), rows = all_gather_rows(module, [raw.entropy, raw.rkl, raw.fkl, valid])
     generator = torch.Generator(device=entropy.device).manual_seed(step_seed)
     stats, weights = normalise_and_select(selector, RawStats(entropy, rkl, fkl), valid.bool(), generator)
     local = weights[rows].split([len(m) for m in masks])

@@ -175,7 +175,8 @@ class DistillModule(L.LightningModule):
         with self.timer("select"):
             stats, weights, rows = self.select(parts, batch["batch_index"], batch["keys"])
         width = rollout.completion_mask.shape[1]
-        self.last_step = keep.StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
+        local_weights = torch.cat([pad_right(w, width) for w in weights])  # [R_local, C]
+        self.last_step = keep.StepRecord(rollout, stats.rows(rows, width), local_weights)
         with self.timer("update"):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
