@@ -3,8 +3,7 @@ other, and refuse a run whose options cannot work together (one sentence each)."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import lightning as L
 import torch
 from torch import nn
 
@@ -26,9 +25,6 @@ from tiplight.parallel import parallelize
 from tiplight.rollout import eos_token_ids
 from tiplight.sources import resolve
 
-if TYPE_CHECKING:
-    from tiplight.module import DistillModule
-
 
 def check_quantized_student(quantization: Quantization | None, lora: LoRA | None) -> None:
     """A quantized student trains only through a LoRA adapter (QLoRA)."""
@@ -37,7 +33,7 @@ def check_quantized_student(quantization: Quantization | None, lora: LoRA | None
                          "trains only through a LoRA adapter (QLoRA): set model.lora.")
 
 
-def load_models(module: DistillModule) -> None:
+def load_models(module: L.LightningModule) -> None:
     """The tokenizer, the student (trainable, in train mode) and the teacher (local and frozen, or served),
     the vocabulary both share, then the models sharded for the trainer's strategy."""
     hp = module.hparams
@@ -59,7 +55,7 @@ def load_models(module: DistillModule) -> None:
     parallelize(module, student, local[0] if local else None)
 
 
-def load_teacher(module: DistillModule, student: nn.Module, device: torch.device | None) -> nn.Module:
+def load_teacher(module: L.LightningModule, student: nn.Module, device: torch.device | None) -> nn.Module:
     """The local teacher, frozen, after checking that its tokenizer and chat format match the student's."""
     hp = module.hparams
     teacher_tokenizer = check_teacher_tokenizer(module.tokenizer, resolve(hp.teacher), module.tokenizer_field)
@@ -72,7 +68,7 @@ def load_teacher(module: DistillModule, student: nn.Module, device: torch.device
     return teacher
 
 
-def check_fit(module: DistillModule) -> None:
+def check_fit(module: L.LightningModule) -> None:
     """Refuse a `fit` whose options cannot work together, before its first step."""
     trainer = module.trainer
     check_resumed_optimizer(module.resumed_optimizer, trainer.optimizers)
@@ -88,7 +84,7 @@ def check_fit(module: DistillModule) -> None:
         module.served_teacher.check_length(*longest_sequence(module))
 
 
-def longest_sequence(module: DistillModule) -> tuple[int, str]:
+def longest_sequence(module: L.LightningModule) -> tuple[int, str]:
     """The most tokens a served teacher is asked to score (+1, the token vLLM adds), and where it is set."""
     if module.environment is not None:
         return module.environment.max_tokens + 1, "model.environment.init_args.max_tokens + 1"

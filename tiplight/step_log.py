@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
+import lightning as L
 import torch
 
 from tiplight import keep
@@ -18,12 +18,9 @@ from tiplight.rollout import Rollout
 from tiplight.selection import TokenStats
 from tiplight.stats import step_metrics
 
-if TYPE_CHECKING:
-    from tiplight.module import DistillModule
-
 
 @contextmanager
-def timer(module: DistillModule, name: str) -> Iterator[None]:
+def timer(module: L.LightningModule, name: str) -> Iterator[None]:
     """Log the wall time of the block as ``time/<name>`` (synchronised on CUDA)."""
     sync = torch.cuda.synchronize if module.device.type == "cuda" else lambda: None
     sync()
@@ -33,7 +30,7 @@ def timer(module: DistillModule, name: str) -> Iterator[None]:
     module.log(f"time/{name}", time.perf_counter() - start, on_step=True, reduce_fx="max", sync_dist=False)
 
 
-def log_step(module: DistillModule, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
+def log_step(module: L.LightningModule, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
              kept_fraction: torch.Tensor) -> None:
     """The step's metrics; quadrant shares of the kept set and planted recall in ``batch`` scope only."""
     kept = module.global_keep(weights, stats.valid) if module.hparams.stats_scope == "batch" else None
@@ -47,7 +44,7 @@ def log_step(module: DistillModule, stats: TokenStats, weights: list[torch.Tenso
     module.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
 
 
-def log_sampler_gap(module: DistillModule, parts: list[ScoredPart]) -> None:
+def log_sampler_gap(module: L.LightningModule, parts: list[ScoredPart]) -> None:
     """``train/sampler_logprob_gap``: mean ``|log P_S - log P_sampler|`` over the step's valid tokens
     on all ranks, when the rollout carries the sampler's log-probabilities."""
     gap = sampler_logprob_gap(parts)
@@ -56,7 +53,7 @@ def log_sampler_gap(module: DistillModule, parts: list[ScoredPart]) -> None:
         module.log("train/sampler_logprob_gap", total / count.clamp(min=1), on_step=True)
 
 
-def head_flops(module: DistillModule, weights: list[torch.Tensor]) -> torch.Tensor:
+def head_flops(module: L.LightningModule, weights: list[torch.Tensor]) -> torch.Tensor:
     """The update's kept-token head FLOPs over all ranks: 6 d V per kept token (the student lm_head's
     forward, 2 d V, and backward, 4 d V), the part of the update whose cost the selector sets (the
     backbone's backward runs over every position whatever is kept)."""
@@ -64,7 +61,7 @@ def head_flops(module: DistillModule, weights: list[torch.Tensor]) -> torch.Tens
     return 6 * module.student.get_output_embeddings().weight.shape[-1] * module.vocab_size * kept
 
 
-def global_planted(module: DistillModule, rollout: Rollout, width: int) -> torch.Tensor | None:
+def global_planted(module: L.LightningModule, rollout: Rollout, width: int) -> torch.Tensor | None:
     """The whole step's planted-error positions ``[R_global, width]`` (rows as ``global_keep``'s); None
     unless ``model.logging.planted_errors`` names the world's mask."""
     if module.planted_mask is None:

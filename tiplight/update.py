@@ -4,18 +4,15 @@ denominator over all ranks, one optimizer step; a step that kept nothing is skip
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
+import lightning as L
 import torch
 
 from tiplight.parallel import clip_grad_norm, no_sync, scale_gradients, sum_over_ranks
 from tiplight.passes import ScoredPart
 
-if TYPE_CHECKING:
-    from tiplight.module import DistillModule
 
-
-def update_step(module: DistillModule, parts: list[ScoredPart],
+def update_step(module: L.LightningModule, parts: list[ScoredPart],
                 weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss at kept positions (``module.loss_sum`` per micro-batch), backward, one optimizer step.
 
@@ -56,7 +53,7 @@ def check_finite_loss(loss: torch.Tensor, step: int) -> None:
                          "rate); the run stops before that optimizer step and the student is not exported.")
 
 
-def skip_empty_step(module: DistillModule) -> None:
+def skip_empty_step(module: L.LightningModule) -> None:
     """A step that kept no token on any rank is skipped; too many in a row end the run."""
     module.empty_steps += 1
     limit = module.optimization.max_empty_steps
