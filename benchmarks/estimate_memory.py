@@ -138,18 +138,18 @@ def estimate(config) -> dict[str, float | str]:
     gathered = 2 * 2 * max(s.largest_unit, local_unit) if shards > 1 else 0
     rollouts = data.prompts_per_step * data.rollouts_per_prompt // world
     length = data.max_prompt_tokens + model.sampling.max_new_tokens
-    kv = min(model.generation_batch_size, rollouts) * length * s.layers * 2 * s.kv_width * 2
-    micro = model.micro_batch_size or rollouts
+    kv = min(model.memory.generation_batch_size, rollouts) * length * s.layers * 2 * s.kv_width * 2
+    micro = model.memory.micro_batch_size or rollouts
     tokens = micro * length
     act_ckpt = tokens * s.hidden * 2 * s.layers + layer_working_set(s, tokens)
     act_full = s.layers * layer_working_set(s, tokens)
     row = served_row_bytes(served, t) if served else t.hidden * 2  # bytes per position kept until the update
     teacher_hidden = rollouts * model.sampling.max_new_tokens * row
-    logits = model.chunk_size * max(s.vocab, t.vocab if t else 0) * 4 * 6
+    logits = model.memory.chunk_size * max(s.vocab, t.vocab if t else 0) * 4 * 6
     persistent = student_states + teacher + gathered
-    update = teacher_hidden + logits + (act_ckpt if model.gradient_checkpointing else act_full)
-    update_other = teacher_hidden + logits + (act_full if model.gradient_checkpointing else act_ckpt)
-    act = act_ckpt if model.gradient_checkpointing else act_full
+    update = teacher_hidden + logits + (act_ckpt if model.memory.gradient_checkpointing else act_full)
+    update_other = teacher_hidden + logits + (act_full if model.memory.gradient_checkpointing else act_ckpt)
+    act = act_ckpt if model.memory.gradient_checkpointing else act_full
     if served:
         served_peak = persistent + max(kv, update)
     else:  # the same run with its teacher served exactly (VLLMHidden, bf16 on the wire, bf16 head)
@@ -203,7 +203,7 @@ def placements(config, k: int = 64) -> list[tuple[str, dict]]:
     t = arch(model.teacher)
     rollouts, completion = data.prompts_per_step * data.rollouts_per_prompt, model.sampling.max_new_tokens
     positions = rollouts * (data.max_prompt_tokens + completion)  # vLLM answers at every token
-    micro_batches = -(-rollouts // world // (model.micro_batch_size or rollouts // world))
+    micro_batches = -(-rollouts // world // (model.memory.micro_batch_size or rollouts // world))
     weights = t.params * 2  # bf16
     kept = rollouts // world * completion  # completion positions a rank keeps until the update
     json_bytes = topk_json_bytes(k, t.vocab)

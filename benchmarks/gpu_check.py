@@ -47,6 +47,7 @@ def run(root: Path, retain: float, out: Path) -> None:
     from lightning.pytorch.strategies import FSDPStrategy
     from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
+    from tiplight.args import Memory, Optimization
     from tiplight.data import PromptDataModule
     from tiplight.models import Quantization
     from tiplight.module import DistillModule
@@ -56,9 +57,10 @@ def run(root: Path, retain: float, out: Path) -> None:
     module = DistillModule(
         student=str(root / "student"), teacher=str(root / "teacher"),
         selector=AllTokens() if retain >= 1 else SoftOrTopK(retain), dtype="float32", teacher_dtype="bfloat16",
-        teacher_quantization=Quantization(bits=4), gradient_checkpointing=True, micro_batch_size=4,
-        sampling=Sampling(max_new_tokens=1024), chunk_size=512, generation_batch_size=8, lr_schedule="constant",
-        grad_clip=None,  # FSDPStrategy refuses Lightning's norm clipping until module.update uses parallel.clip_grad_norm
+        teacher_quantization=Quantization(bits=4), sampling=Sampling(max_new_tokens=1024),
+        memory=Memory(gradient_checkpointing=True, micro_batch_size=4, chunk_size=512, generation_batch_size=8),
+        # FSDPStrategy refuses Lightning's norm clipping until module.update uses parallel.clip_grad_norm
+        optimization=Optimization(lr_schedule="constant", grad_clip=None),
     )
     data = PromptDataModule(train_files=["math_train"], chat_template=False, max_prompt_tokens=512,
                             prompts_per_step=2, rollouts_per_prompt=4)

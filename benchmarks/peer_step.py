@@ -124,6 +124,7 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
 def run_tiplight(job: Job, clock: Clock) -> None:
     import lightning as L
 
+    from tiplight.args import Optimization
     from tiplight.data import PromptDataModule
     from tiplight.module import DistillModule
     from tiplight.rollout import Sampling
@@ -147,7 +148,7 @@ def run_tiplight(job: Job, clock: Clock) -> None:
             clock.tokens.append(int(stats.valid.sum()))
 
     module = Timed(student=job.student, teacher=job.teacher, sampling=Sampling(max_new_tokens=job.max_new_tokens),
-                   lr_schedule="constant", grad_clip=1.0, seed=0,
+                   optimization=Optimization(lr_schedule="constant", grad_clip=1.0), seed=0,
                    optimizer=lambda p: torch.optim.AdamW(p, lr=job.lr, weight_decay=0.0))
     prompts = len(Path(job.prompts).read_text().splitlines())
     data = PromptDataModule(train_files=[job.prompts], answer_field=None, id_field=None, prompts_per_step=prompts,

@@ -16,6 +16,7 @@ from agent_fixtures import EveryTurnTool
 from helpers import Recording
 
 import tiplight.module
+from tiplight.args import Optimization
 from tiplight.envs import EpisodeDataModule, sample_episodes
 from tiplight.rollout import Sampling
 from tiplight.selection import SoftOrTopK
@@ -34,7 +35,8 @@ def recording_episodes(*args, **kwargs):
 
 def main(devices: int, teacher: str, student: str, out: str) -> None:
     tiplight.module.sample_episodes = recording_episodes
-    module = Recording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
+    module = Recording(student=student, teacher=teacher, selector=SoftOrTopK(0.5),
+                       optimization=Optimization(lr_schedule="constant"),
                        environment=EveryTurnTool(max_turns=3, max_tokens=256), sampling=Sampling(max_new_tokens=6),
                        optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     data = EpisodeDataModule(prompts_per_step=4, rollouts_per_prompt=2)

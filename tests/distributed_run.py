@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from helpers import Recording
 
+from tiplight.args import Memory, Optimization
 from tiplight.data import PromptDataModule
 from tiplight.models import LoRA
 from tiplight.objectives import get_objective
@@ -49,10 +50,10 @@ def strategy(name: str):
 def main(name: str, devices: int, teacher: str, student: str, prompts: str, out: str,
          objective: str = "ReverseKL") -> None:
     name, _, lora = name.partition("+")
-    module = GradRecording(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
-                       objective=get_objective(objective),
-                       sampling=Sampling(max_new_tokens=8), micro_batch_size=2,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lora=LoRA(r=4, alpha=8) if lora else None)
+    module = GradRecording(student=student, teacher=teacher, selector=SoftOrTopK(0.5),
+                           optimization=Optimization(lr_schedule="constant"), objective=get_objective(objective),
+                           sampling=Sampling(max_new_tokens=8), memory=Memory(micro_batch_size=2),
+                           optimizer=lambda p: torch.optim.SGD(p, lr=0.5), lora=LoRA(r=4, alpha=8) if lora else None)
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy(name), max_steps=2, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -18,6 +18,7 @@ from helpers import Recording
 from lightning.pytorch.strategies import FSDPStrategy
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
+from tiplight.args import Memory, Optimization
 from tiplight.data import PromptDataModule
 from tiplight.parallel import clip_grad_norm
 from tiplight.rollout import Sampling
@@ -40,9 +41,10 @@ class Clipped(Recording):
 
 
 def main(devices: int, teacher: str, student: str, prompts: str, out: str) -> None:
-    module = Clipped(student=student, teacher=teacher, selector=SoftOrTopK(0.5), lr_schedule="constant",
-                       sampling=Sampling(max_new_tokens=8), micro_batch_size=2, grad_clip=0.05, gradient_checkpointing=True,
-                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    module = Clipped(student=student, teacher=teacher, selector=SoftOrTopK(0.5),
+                     optimization=Optimization(lr_schedule="constant", grad_clip=0.05),
+                     sampling=Sampling(max_new_tokens=8), memory=Memory(micro_batch_size=2, gradient_checkpointing=True),
+                     optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     data = PromptDataModule(train_files=[prompts], prompts_per_step=4, rollouts_per_prompt=2)
     strategy = (CPUFSDPStrategy(auto_wrap_policy={Qwen3DecoderLayer}, state_dict_type="sharded")
                 if devices > 1 else "auto")

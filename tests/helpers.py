@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 
+from tiplight.args import Optimization
 from tiplight.data import PromptDataModule
 from tiplight.module import DistillModule
 from tiplight.rollout import Sampling
@@ -28,7 +29,7 @@ class Recording(DistillModule):
 
 def make_module(tiny: dict[str, str], **kwargs) -> DistillModule:
     kwargs.setdefault("sampling", Sampling(max_new_tokens=8))
-    kwargs.setdefault("lr_schedule", "constant")
+    kwargs.setdefault("optimization", Optimization(lr_schedule="constant"))
     kwargs.setdefault("optimizer", lambda p: __import__("torch").optim.AdamW(p, lr=1e-2))
     return DistillModule(student=kwargs.pop("student", tiny["student"]), teacher=kwargs.pop("teacher", tiny["teacher"]),
                          **kwargs)

@@ -19,7 +19,7 @@ def write_config(path, tiny, prompts_file, **model):
                     "callbacks": [{"class_path": "tiplight.callbacks.RunSummary"}]},
         "model": {"student": tiny["student"], "teacher": tiny["teacher"],
                   "selector": {"class_path": "SoftOrTopK", "init_args": {"retain": 0.5}},
-                  "sampling": {"max_new_tokens": 6}, "lr_schedule": "cosine", **model},
+                  "sampling": {"max_new_tokens": 6}, "optimization": {"lr_schedule": "cosine"}, **model},
         "data": {"class_path": "tiplight.data.PromptDataModule",
                  "init_args": {"train_files": [prompts_file], "prompts_per_step": 2, "rollouts_per_prompt": 2,
                                "val_size": 2}},

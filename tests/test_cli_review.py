@@ -150,7 +150,7 @@ def test_help_lists_tiplights_own_commands(capsys):
 
 
 @pytest.mark.parametrize("option,value,allowed", [
-    ("model.stats_scope", "global", "batch, micro"), ("model.lr_schedule", "linear", "cosine, constant"),
+    ("model.stats_scope", "global", "batch, micro"), ("model.optimization.lr_schedule", "linear", "cosine, constant"),
     ("data.init_args.overlong", "cut", "truncate, skip"), ("model.selector.init_args.budget", "step", "rollout, batch"),
 ])
 def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, capsys, option, value, allowed):
@@ -165,10 +165,15 @@ def test_choices_are_types_listed_in_one_sentence(tiny, prompts_file, tmp_path, 
     ([], {"jsd_beta": 0.3}, "model.jsd_beta is gone: model.objective replaced"),
     (["--model.denominator=valid"], {}, "model.denominator is gone: it moved into the objective"),
     ([], {"denominator": "valid"}, "model.denominator is gone: it moved into the objective"),
+    (["--model.micro_batch_size", "4"], {}, "model.micro_batch_size has moved to model.memory.micro_batch_size: "
+                                            "write --model.memory.micro_batch_size on the command line"),
+    ([], {"chunk_size": 8}, "model.chunk_size has moved to model.memory.chunk_size: write"),
+    (["--model.grad_clip=0.5"], {}, "model.grad_clip has moved to model.optimization.grad_clip: write"),
+    ([], {"planted_errors": "a.b"}, "model.planted_errors has moved to model.logging.planted_errors: write"),
     (["--model.objective", "Foo"], {}, "registered objectives: ForwardKL, JSD, ReverseKL, SampledTokenPG"),
     (["--model.objective", "SampledTokenPG", "--model.objective.estimator", "k2"], {}, "use one of k1, k3."),
 ])
-def test_removed_and_bad_objective_options_are_one_sentence(tiny, prompts_file, tmp_path, capsys, args, config,
+def test_removed_moved_and_bad_objective_options_are_one_sentence(tiny, prompts_file, tmp_path, capsys, args, config,
                                                             message):
     """``--model.divergence`` once parsed as an abbreviation of ``--model.divergence_threshold``."""
     path = write_config(tmp_path / "run.yaml", tiny, prompts_file, **config)

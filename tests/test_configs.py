@@ -126,9 +126,10 @@ def test_paper_hyperparameters(base):
     assert model.optimizer.class_path == "torch.optim.AdamW"
     assert model.optimizer.init_args.lr == pytest.approx(PAPER[base])
     assert model.optimizer.init_args.weight_decay == 0.1
-    assert (model.lr_schedule, model.warmup_steps, model.grad_clip) == ("cosine", 0, 1.0)
+    optimization = model.optimization
+    assert (optimization.lr_schedule, optimization.warmup_steps, optimization.grad_clip) == ("cosine", 0, 1.0)
     assert (model.sampling.temperature, model.sampling.top_p, model.sampling.max_new_tokens) == (1.0, 1.0, 8192)
-    assert (model.chunk_size, model.stats_scope, model.objective.class_path, model.objective.init_args.denominator) == (
+    assert (model.memory.chunk_size, model.stats_scope, model.objective.class_path, model.objective.init_args.denominator) == (
         512, "batch", "tiplight.objectives.ReverseKL", "kept")
     assert (data.prompts_per_step, data.rollouts_per_prompt, data.max_prompt_tokens) == (8, 16, 2048)
     assert data.train_files == ["math_train"]
@@ -136,7 +137,7 @@ def test_paper_hyperparameters(base):
         assert data.chat_template_kwargs == {"enable_thinking": False}
     ranks = trainer.devices * trainer.num_nodes
     per_rank = data.prompts_per_step * data.rollouts_per_prompt // ranks
-    assert data.prompts_per_step % ranks == 0 and per_rank % model.micro_batch_size == 0
+    assert data.prompts_per_step % ranks == 0 and per_rank % model.memory.micro_batch_size == 0
     evals = [c for c in trainer.callbacks if c.class_path.endswith("MathEvalCallback")]
     assert len(evals) == 1 and evals[0].init_args.num_samples == 16 and evals[0].init_args.temperature == 1.0
     assert set(evals[0].init_args.benchmarks) == {"math500", "aime24", "aime25"}

@@ -18,6 +18,7 @@ from agent_fixtures import TOOL_TEMPLATE, EveryTurnTool, tool_model, tool_tokeni
 from helpers import Recording, make_trainer
 
 import tiplight.module
+from tiplight.args import Optimization
 from tiplight.envs import EpisodeDataModule, sample_episodes
 from tiplight.losses import reverse_kl
 from tiplight.rollout import Sampling
@@ -67,7 +68,7 @@ def student_positions(agent) -> torch.Tensor:
 def fit(pair, tmp_path, selector, steps=1, lr=0.0):
     module = Recording(student=pair["student"], teacher=pair["teacher"], selector=selector,
                        environment=EveryTurnTool(max_turns=3, max_tokens=256), sampling=Sampling(max_new_tokens=6),
-                       lr_schedule="constant", grad_clip=None, optimizer=lambda p: torch.optim.SGD(p, lr=lr))
+                       optimization=Optimization(lr_schedule="constant", grad_clip=None), optimizer=lambda p: torch.optim.SGD(p, lr=lr))
     data = EpisodeDataModule(prompts_per_step=2, rollouts_per_prompt=2)
     make_trainer(tmp_path, max_steps=steps).fit(module, data)
     return module
@@ -118,7 +119,7 @@ def test_gradient_is_zero_at_tool_positions_and_equals_the_naive_reference(pair,
 
     module = Hooked(student=pair["student"], teacher=pair["teacher"], selector=SoftOrTopK(0.5),
                     environment=EveryTurnTool(max_turns=3, max_tokens=256), sampling=Sampling(max_new_tokens=6),
-                    lr_schedule="constant", grad_clip=None, optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+                    optimization=Optimization(lr_schedule="constant", grad_clip=None), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     make_trainer(tmp_path, max_steps=1).fit(module, EpisodeDataModule(prompts_per_step=2, rollouts_per_prompt=2))
     agent, weights = episodes.seen[-1], module.last_step.weights
     p = agent.prompt_length
@@ -213,7 +214,7 @@ def evaluate_environment(pair, root: Path, batch_size: int):
     evals = MathEvalCallback(benchmarks=["environment"], num_samples=3, temperature=1.0, max_new_tokens=6, limit=3,
                              batch_size=batch_size, at_fit_start=True, at_validation=False)
     module = Recording(student=pair["student"], teacher=pair["teacher"], environment=Scoring(max_turns=2, max_tokens=256),
-                       sampling=Sampling(max_new_tokens=6), lr_schedule="constant")
+                       sampling=Sampling(max_new_tokens=6), optimization=Optimization(lr_schedule="constant"))
     data = EpisodeDataModule(prompts_per_step=2, rollouts_per_prompt=1)
     make_trainer(root, max_steps=1, callbacks=[evals]).fit(module, data)
     lines = [json.loads(x) for x in (root / "evals" / "fit_start_environment.jsonl").read_text().splitlines()]

@@ -5,6 +5,7 @@ import torch
 from helpers import make_data, make_module, make_trainer
 from transformers import AutoModelForCausalLM
 
+from tiplight.args import Memory, Optimization
 from tiplight.models import LoRA
 from tiplight.objectives import JSD, ForwardKL, ReverseKL
 from tiplight.selection import SoftOrTopK
@@ -59,8 +60,8 @@ class StopAt(__import__("lightning").Callback):
 
 @pytest.mark.parametrize("micro_batch_size", [None, 3])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tiny, prompts_file, tmp_path, micro_batch_size):
-    kwargs = dict(selector=SoftOrTopK(0.5), lr_schedule="cosine", warmup_steps=1,
-                  micro_batch_size=micro_batch_size, lora=LoRA(r=4, alpha=8, dropout=0.1))
+    kwargs = dict(selector=SoftOrTopK(0.5), optimization=Optimization(lr_schedule="cosine", warmup_steps=1),
+                  memory=Memory(micro_batch_size=micro_batch_size), lora=LoRA(r=4, alpha=8, dropout=0.1))
     straight = make_module(tiny, **kwargs)
     make_trainer(tmp_path / "a", max_steps=4).fit(straight, make_data(prompts_file))
 
@@ -121,7 +122,8 @@ def test_empty_step_is_skipped_with_a_warning(tiny, prompts_file, tmp_path):
 def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tmp_path):
     from tiplight.selection import QuadrantSelector
 
-    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0), max_empty_steps=3)
+    module = make_module(tiny, selector=QuadrantSelector(["Q1"], entropy_threshold=2.0),
+                         optimization=Optimization(lr_schedule="constant", max_empty_steps=3))
     trainer = make_trainer(tmp_path, max_steps=5)  # skipped steps never reach max_steps
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"no token was kept in 3 consecutive steps"):
         trainer.fit(module, make_data(prompts_file))
@@ -129,12 +131,22 @@ def test_a_run_that_keeps_nothing_stops_with_one_sentence(tiny, prompts_file, tm
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(student="/no/such/model"), r"model.student='/no/such/model' could not be loaded"),
-    (dict(chunk_size=0), r"model.chunk_size=0"),
 ])
 def test_bad_module_input_is_one_clear_error(tiny, prompts_file, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         module = make_module(tiny, **kwargs)
         make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: Memory(chunk_size=0), r"model.memory.chunk_size=0 is not allowed"),
+    (lambda: Memory(micro_batch_size=0), r"model.memory.micro_batch_size=0 is not allowed"),
+    (lambda: Memory(generation_batch_size=-1), r"model.memory.generation_batch_size=-1 is not allowed"),
+    (lambda: Optimization(max_empty_steps=0), r"model.optimization.max_empty_steps=0 is not allowed"),
+])
+def test_bad_option_group_values_are_one_clear_error(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
 
 
 @pytest.mark.parametrize("field", ["model.student", "model.tokenizer"])
@@ -169,10 +181,10 @@ def naive_step_loss(module, record, divergence):
 
 @pytest.mark.parametrize("kwargs", [
     dict(selector=SoftOrTopK(0.5)),
-    dict(selector=SoftOrTopK(0.5), stats_scope="micro", micro_batch_size=3),
-    dict(objective=ReverseKL(denominator="valid"), micro_batch_size=2),
+    dict(selector=SoftOrTopK(0.5), stats_scope="micro", memory=Memory(micro_batch_size=3)),
+    dict(objective=ReverseKL(denominator="valid"), memory=Memory(micro_batch_size=2)),
     dict(objective=JSD(0.3)),
-    dict(objective=ForwardKL(), chunk_size=3),
+    dict(objective=ForwardKL(), memory=Memory(chunk_size=3)),
 ])
 def test_logged_loss_equals_the_direct_formula(tiny, prompts_file, tmp_path, kwargs):
     module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), **kwargs)

@@ -11,6 +11,7 @@ from engines import SamplerLogprobs
 from helpers import make_data, make_module, make_trainer
 from torch import nn
 
+from tiplight.args import Memory, Optimization
 from tiplight.models import LoRA
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import (
@@ -270,11 +271,11 @@ def naive_step_grads(module) -> list[torch.Tensor]:
 
 
 STEPS = {  # id -> (objective, module options)
-    **{f"{name}_full_micro3": (get_objective(name), dict(micro_batch_size=3, chunk_size=5))
+    **{f"{name}_full_micro3": (get_objective(name), dict(memory=Memory(micro_batch_size=3, chunk_size=5)))
        for name in list_objectives()},
     **{f"{name}_lora_valid": (get_objective(name, denominator="valid"), dict(lora=LoRA(r=4, alpha=8)))
        for name in list_objectives()},
-    "SampledTokenPG_sampler_micro3": (SampledTokenPG(), dict(micro_batch_size=3, engine=SamplerLogprobs(0.1))),
+    "SampledTokenPG_sampler_micro3": (SampledTokenPG(), dict(memory=Memory(micro_batch_size=3), engine=SamplerLogprobs(0.1))),
     "SampledTokenPG_sequence_sampler": (SampledTokenPG("k3", ratio="sequence"), dict(engine=SamplerLogprobs(-0.1))),
 }
 
@@ -282,7 +283,8 @@ STEPS = {  # id -> (objective, module options)
 @pytest.mark.parametrize("case", list(STEPS))
 def test_step_gradient_equals_the_direct_formula(tiny, prompts_file, tmp_path, case):
     objective, options = STEPS[case]
-    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), grad_clip=None,
+    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                         optimization=Optimization(lr_schedule="constant", grad_clip=None),
                          selector=SoftOrTopK(0.5), objective=objective, **options)
     trainer = make_trainer(tmp_path, max_steps=1)
     trainer.fit(module, make_data(prompts_file))

@@ -76,7 +76,7 @@ def test_the_mask_loader_names_the_option_and_the_value() -> None:
 
     assert load_planted_mask("tiplight.toy.planted.planted_error_mask") is planted_error_mask
     for bad in ("tiplight.toy.planted.nothing_here", "no_such_module.f", "nodots", "tiplight.toy.planted.re"):
-        with pytest.raises(ValueError, match=rf"model.planted_errors='{bad}' is not an importable function"):
+        with pytest.raises(ValueError, match=rf"model.logging.planted_errors='{bad}' is not an importable function"):
             load_planted_mask(bad)
 
 

@@ -16,6 +16,7 @@ from helpers import Recording
 from test_cli import write_config
 from test_cli_review import run_main
 
+from tiplight.args import Optimization
 from tiplight.data import PromptDataModule
 from tiplight.models import LoRA, ModelSource, Quantization, cpu_4bit_blocks, load_model
 from tiplight.rollout import Sampling
@@ -43,7 +44,7 @@ packs = pytest.mark.skipif(cpu_4bit_blocks() is None, reason="this bitsandbytes 
 
 def fit(tiny, prompts_file, **kwargs) -> Recording:
     module = Recording(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
-                    lr_schedule="constant", sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
+                    optimization=Optimization(lr_schedule="constant"), sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
                     teacher_dtype="bfloat16", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kwargs)
     data = PromptDataModule(train_files=[prompts_file], prompts_per_step=2, rollouts_per_prompt=2)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
@@ -75,7 +76,7 @@ def test_qlora_student_trains_only_its_adapter(packable, prompts_file):
             before.update({k: v.detach().clone() for k, v in pl_module.student.named_parameters() if v.requires_grad})
 
     module = Recording(student=tiny["student"], teacher=tiny["teacher"], selector=SoftOrTopK(0.5),
-                    lr_schedule="constant", sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
+                    optimization=Optimization(lr_schedule="constant"), sampling=Sampling(max_new_tokens=6), dtype="bfloat16",
                     student_quantization=Quantization(bits=4), lora=LoRA(r=4, alpha=8),
                     teacher_quantization=Quantization(bits=4),
                     optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))

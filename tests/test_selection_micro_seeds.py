@@ -4,6 +4,7 @@ micro-batches (on this rank, or on other ranks) were drawn before it."""
 import torch
 from helpers import make_data, make_module, make_trainer
 
+from tiplight.args import Memory
 from tiplight.selection import RandomTokens
 
 
@@ -12,7 +13,7 @@ def test_a_micro_batch_draws_the_same_tokens_whatever_comes_before_it(tiny, prom
         tiny,
         selector=RandomTokens(0.5),
         stats_scope="micro",
-        micro_batch_size=2,
+        memory=Memory(micro_batch_size=2),
         optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
     )
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import make_data, make_module, make_trainer
 
+from tiplight.args import Memory, Optimization
 from tiplight.models import LoRA
 from tiplight.objectives import JSD, ForwardKL, ReverseKL
 from tiplight.selection import EntropySampling, SoftOrTopK
@@ -45,14 +46,14 @@ CASES = {
     "full": dict(selector=SoftOrTopK(0.5)),
     "lora": dict(selector=SoftOrTopK(0.5), lora=LORA),
     "lora_forward_kl_micro_chunk3": dict(selector=SoftOrTopK(0.3), lora=LORA, objective=ForwardKL(),
-                                         micro_batch_size=3, chunk_size=3),
+                                         memory=Memory(micro_batch_size=3, chunk_size=3)),
     "full_jsd_valid_micro": dict(selector=SoftOrTopK(0.5), objective=JSD(0.3, denominator="valid"),
-                                 micro_batch_size=2),
+                                 memory=Memory(micro_batch_size=2)),
     "lora_importance_valid": dict(selector=EntropySampling(0.5, importance_weights=True), lora=LORA,
-                                  objective=ReverseKL(denominator="valid"), chunk_size=5),
+                                  objective=ReverseKL(denominator="valid"), memory=Memory(chunk_size=5)),
     "full_importance_micro_scope": dict(selector=EntropySampling(0.5, importance_weights=True),
-                                        stats_scope="micro", micro_batch_size=3, objective=ForwardKL()),
-    "full_custom_micro": dict(selector=SoftOrTopK(0.5), micro_batch_size=3),
+                                        stats_scope="micro", memory=Memory(micro_batch_size=3), objective=ForwardKL()),
+    "full_custom_micro": dict(selector=SoftOrTopK(0.5), memory=Memory(micro_batch_size=3)),
     "lora_custom": dict(selector=SoftOrTopK(0.5), lora=LORA),
 }
 
@@ -60,7 +61,8 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_step_gradient_equals_naive(tiny, prompts_file, tmp_path, case):
     kwargs = CASES[case]
-    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), grad_clip=None, **kwargs)
+    module = make_module(tiny, optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                         optimization=Optimization(lr_schedule="constant", grad_clip=None), **kwargs)
     if "custom" in case:
         module.objective = CustomReverseKL()
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
@@ -80,7 +82,7 @@ def test_tied_student_gradient_equals_naive(tiny, prompts_file, tmp_path):
     student = build_model(tmp_path / "tied", hidden=32, seed=4, tie=True)
     build_tokenizer(student, chat_template=True)
     module = make_module(tiny, student=str(student), optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
-                         grad_clip=None, selector=SoftOrTopK(0.5), chunk_size=4)
+                         optimization=Optimization(lr_schedule="constant", grad_clip=None), memory=Memory(chunk_size=4), selector=SoftOrTopK(0.5))
     make_trainer(tmp_path, max_steps=1).fit(module, make_data(prompts_file))
     assert module.student.get_output_embeddings().weight is module.student.get_input_embeddings().weight
     want = naive_grads(module, module.objective, "kept")
@@ -114,7 +116,7 @@ def test_recomputed_micro_batches_replay_the_scored_dropout(tiny, prompts_file, 
 
     from tiplight.stats import completion_hidden
 
-    module = make_module(tiny, selector=SoftOrTopK(0.5), lora=LoRA(r=4, alpha=8, dropout=0.5), micro_batch_size=3)
+    module = make_module(tiny, selector=SoftOrTopK(0.5), lora=LoRA(r=4, alpha=8, dropout=0.5), memory=Memory(micro_batch_size=3))
     monkeypatch.setattr(tiplight.passes, "completion_hidden", recording)  # scoring
     monkeypatch.setattr(tiplight.module, "completion_hidden", recording)  # the update's recompute
     make_trainer(tmp_path, max_steps=1, callbacks=[NonzeroLoRA()]).fit(module, make_data(prompts_file))

@@ -46,13 +46,13 @@ def test_dry_run_lists_one_command_per_setting_and_seed(tmp_path, tiny, prompts_
     root = grid_dir(tmp_path, tiny, prompts_file)
     out = tmp_path / "study"
     assert main(["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--grid",
-                 "model.chunk_size=8,16", "--seeds", "0", "1", "--out", str(out), "--jobs", "2", "--dry-run",
+                 "model.memory.chunk_size=8,16", "--seeds", "0", "1", "--out", str(out), "--jobs", "2", "--dry-run",
                  "--", "--trainer.max_steps=1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8 and not out.exists()  # 2 x 2 settings x 2 seeds, nothing run or written
     assert all(line.startswith("OMP_NUM_THREADS=") and "--trainer.max_steps=1" in line for line in lines)
     assert sum("--seed_everything=1" in line for line in lines) == 4
-    assert sum(str(root / "selection" / "half.yaml") in line and "--model.chunk_size=16" in line for line in lines) == 2
+    assert sum(str(root / "selection" / "half.yaml") in line and "--model.memory.chunk_size=16" in line for line in lines) == 2
 
 
 def test_help_explains_the_grid(capsys):
@@ -134,7 +134,7 @@ def test_report_is_derived_from_results_csv_alone(tmp_path):
 def test_a_study_runs_resumes_and_records_a_failure(tmp_path, tiny, prompts_file, capsys):
     root = grid_dir(tmp_path, tiny, prompts_file)
     out = tmp_path / "study"
-    args = ["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--grid", "model.chunk_size=8,0",
+    args = ["--config", str(root / "base.yaml"), "--grid", "selection=all,half", "--grid", "model.memory.chunk_size=8,0",
             "--seeds", "0", "--out", str(out), "--jobs", "2", "--baseline", "all chunk_size=8",
             "--", "--trainer.max_steps=1", "--trainer.val_check_interval=1"]
     assert main(args) == 1  # chunk_size=0 fails at start-up; the other runs go on
@@ -142,7 +142,7 @@ def test_a_study_runs_resumes_and_records_a_failure(tmp_path, tiny, prompts_file
     assert rows == {("all chunk_size=8", "done"), ("half chunk_size=8", "done"),
                     ("all chunk_size=0", "failed"), ("half chunk_size=0", "failed")}
     failed = json.loads((out / "runs" / "all_chunk_size=0" / "seed0" / "failed.json").read_text())
-    assert failed["returncode"] == 2 and any("model.chunk_size=0" in line for line in failed["log_tail"])
+    assert failed["returncode"] == 2 and any("model.memory.chunk_size=0" in line for line in failed["log_tail"])
     summary = out / "runs" / "half_chunk_size=8" / "seed0" / "summary.json"
     stamp = summary.stat().st_mtime_ns
     capsys.readouterr()
@@ -285,12 +285,12 @@ def test_a_failed_run_may_be_retried_with_other_arguments(tmp_path, tiny, prompt
 
     root = grid_dir(tmp_path, tiny, prompts_file)
     args = ["--config", str(root / "base.yaml"), "--grid", "selection=all", "--out", str(tmp_path / "s")]
-    study = build(parser().parse_args(args), ["--model.chunk_size=0"])
+    study = build(parser().parse_args(args), ["--model.memory.chunk_size=0"])
     study.save()
     Path(study.runs()[0].folder).mkdir(parents=True)
     (Path(study.runs()[0].folder) / "failed.json").write_text("{}")
-    assert main([*args, "--dry-run", "--", "--model.chunk_size=8"]) == 0
-    assert "--model.chunk_size=8" in capsys.readouterr().out
+    assert main([*args, "--dry-run", "--", "--model.memory.chunk_size=8"]) == 0
+    assert "--model.memory.chunk_size=8" in capsys.readouterr().out
 
 
 def test_compute_matched_column_against_a_direct_interpolation(tmp_path):

@@ -6,6 +6,7 @@ import torch
 from engines import needs_vllm, vllm_engine
 from helpers import make_trainer
 
+from tiplight.args import Optimization
 from tiplight.data import PromptDataModule
 from tiplight.evals import MathEvalCallback
 from tiplight.module import DistillModule
@@ -20,7 +21,7 @@ def test_toy_fit_with_vllm_rollouts_raises_accuracy(tmp_path):
     module = DistillModule(
         student="tiplight:toy/assets/student", teacher="tiplight:toy/assets/teacher",
         selector=SoftOrTopK(retain=0.5), engine=vllm_engine(), sampling=Sampling(max_new_tokens=64),
-        lr_schedule="constant", optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4, weight_decay=0.0),
+        optimization=Optimization(lr_schedule="constant"), optimizer=lambda p: torch.optim.AdamW(p, lr=3e-4, weight_decay=0.0),
     )  # fmt: skip
     data = PromptDataModule(train_files=["toy_train"], prompt_field="prompt", chat_template=False,
                             max_prompt_tokens=64, prompts_per_step=8, rollouts_per_prompt=2, val_size=8)

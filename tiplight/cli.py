@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tiplight.args import moved_option
 from tiplight.callbacks import Interruption
 from tiplight.console import progress_bar, quiet
 from tiplight.files import AtomicCheckpointIO
@@ -121,7 +122,8 @@ def check_checkpoint(path: str) -> None:
 
 
 def replaced_option(option: str) -> str | None:
-    """The sentence for an option that a release removed (``model.divergence``), or None."""
+    """The sentence for an option that a release removed (``model.divergence``) or moved into a group
+    (``model.chunk_size`` -> ``model.memory.chunk_size``), or None."""
     from tiplight.objectives import list_objectives
 
     if option in ("model.divergence", "model.jsd_beta"):
@@ -130,6 +132,11 @@ def replaced_option(option: str) -> str | None:
     if option == "model.denominator":
         return ("model.denominator is gone: it moved into the objective as model.objective.init_args.denominator "
                 "(kept or valid), e.g. --model.objective ReverseKL --model.objective.denominator valid.")
+    moved = moved_option(option)
+    if moved is not None:
+        group, name = moved.split(".")[1:]
+        return (f"{option} has moved to {moved}: write --{moved} on the command line, or "
+                f"model: {{{group}: {{{name}: ...}}}} in a config file.")
     return None
 
 
@@ -138,7 +145,8 @@ def replaced_in(argv: list[str], message: str = "") -> str | None:
     take it for an abbreviation of ``--model.divergence_threshold``) or in a config file (jsonargparse's
     ``message``), or None."""
     named = [arg[2:].split("=")[0] for arg in argv if arg.startswith("--")]
-    named += re.findall(r"does not accept (?:nested key|option) '([\w.]+)'", message)
+    found = re.findall(r"(?:Group '([\w.]+)' )?does not accept (?:nested key|option) '([\w.]+)'", message)
+    named += [f"{group}.{key}" if group else key for group, key in found]
     return next(filter(None, map(replaced_option, named)), None)
 
 

@@ -56,5 +56,5 @@ def generate_episodes(module: Any, problems: list[dict[str, Any]], *, num_sample
     batch = episode_batch(problems, num_samples, first_key, getattr(datamodule, "template_kwargs", None))
     return sample_episodes(module.engine, module.student, module.tokenizer, module.environment, batch,
                            sampling=Sampling(temperature, top_p, top_k, max_new_tokens), seed=seed,
-                           vocab_size=module.vocab_size, batch_size=module.hparams.generation_batch_size,
+                           vocab_size=module.vocab_size, batch_size=module.memory.generation_batch_size,
                            synced=module.sharded)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import time
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import lightning as L
@@ -15,72 +10,34 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from tiplight import generation
+from tiplight import generation, keep, startup, step_log
+from tiplight.args import Logging, Memory, Optimization
 from tiplight.envs import Environment
-from tiplight.envs.training import EpisodeDataModule, sample_episodes
-from tiplight.models import (
-    LoRA,
-    ModelSource,
-    Quantization,
-    check_chat_format,
-    check_teacher_tokenizer,
-    export_student,
-    freeze,
-    load_model,
-    load_student,
-    load_tokenizer,
-    vocab_size,
-)
+from tiplight.envs.training import sample_episodes
+from tiplight.models import LoRA, Quantization, export_student
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
-from tiplight.optimizers import build_optimizer, check_resumed_optimizer, optimizer_name
-from tiplight.parallel import (
-    all_gather_rows,
-    clip_grad_norm,
-    no_sync,
-    parallelize,
-    scale_gradients,
-    sum_over_ranks,
-)
-from tiplight.passes import ScoredPart, sample, sampler_logprob_gap, score
-from tiplight.planted import load_planted_mask, rollout_planted
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, eos_token_ids, pad_right
-from tiplight.schedule import lr_factor
-from tiplight.seeding import derived_seed, resolve_seed
+from tiplight.optimizers import optimizer_and_schedule, optimizer_name
+from tiplight.parallel import sum_over_ranks
+from tiplight.passes import ScoredPart, sample, score
+from tiplight.planted import load_planted_mask
+from tiplight.resume import loop_state, non_finite
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
+from tiplight.seeding import resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
-from tiplight.selection.base import selector_weights
 from tiplight.sources import resolve
-from tiplight.stats import RawStats, completion_hidden, replay_rng, step_metrics
+from tiplight.stats import completion_hidden, replay_rng
 from tiplight.teachers import ServedTeacher
+from tiplight.update import update_step
 
 # hyperparameters in checkpoints hold these config dataclasses: let weights-only loading accept them
-torch.serialization.add_safe_globals([LoRA, Quantization, Sampling])
+torch.serialization.add_safe_globals([LoRA, Quantization, Sampling, Memory, Optimization, Logging])
 
 DEFAULT_SAMPLING = Sampling()
 
 
 def _adamw(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-6, weight_decay=0.1)
-
-
-@dataclass
-class StepRecord:
-    """The last training step on this rank, for diagnostics: its rollouts, their statistics (normalised
-    over the stats scope) and the selector's weights (0 = not kept), all ``[R_local, C]``."""
-
-    rollout: Rollout
-    stats: TokenStats
-    weights: torch.Tensor
-
-
-def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
-    """The name of the first floating-point tensor holding NaN or inf (this rank's shard of a DTensor);
-    None when every one is finite."""
-    for name, tensor in tensors:
-        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
-        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
-            return name
-    return None
 
 
 class DistillModule(L.LightningModule):
@@ -97,20 +54,14 @@ class DistillModule(L.LightningModule):
         student_quantization / teacher_quantization: bitsandbytes 4/8-bit loading (a quantized student
             needs ``lora``: QLoRA).
         lora: train a LoRA adapter instead of all student weights.
-        gradient_checkpointing: recompute the student's decoder activations in backward.
         sampling / val_sampling: rollout sampling for training and for the validation OPD loss.
         objective: the loss at kept positions and its denominator (any ``tiplight.objectives.Objective``):
             ``ReverseKL`` by default (TIP Eq. 9), ``ForwardKL``, ``JSD``, ``TopKDivergence``, ``SampledTokenPG``.
         stats_scope: normalise statistics over the whole step (``batch``, all ranks) or per ``micro`` batch.
-        micro_batch_size: rollouts per forward/backward on each rank (default: all of them at once).
-        chunk_size: positions per lm_head chunk in statistics and loss (bounds the logits' memory).
         optimizer: optimizer factory (default AdamW, lr 1e-6, weight decay 0.1, as the paper).
-        lr_schedule / warmup_steps / min_lr_ratio: LR schedule over ``trainer.max_steps``.
-        grad_clip: clip the gradient norm to this value (None: no clipping).
-        entropy_threshold / divergence_threshold: quadrant thresholds for logging (default: medians).
-        generation_batch_size: rollouts generated at once (bounds generation memory).
-        max_empty_steps: stop with an error after this many consecutive steps in which no token was kept
-            anywhere (skipped steps do not count toward ``max_steps``, so such a run would never end).
+        optimization: LR schedule, gradient clipping and the limit on empty steps (``tiplight.args.Optimization``).
+        memory: micro-batches, lm_head chunks, checkpointing, generation batch (``tiplight.args.Memory``).
+        logging: quadrant thresholds and planted errors in the step's metrics (``tiplight.args.Logging``).
         seed: seed of the LoRA init, selection randomness and rollout sampling (default: ``seed_everything``).
         engine: what samples rollouts (training, validation and ``MathEvalCallback``): Hugging Face
             ``generate`` by default, or ``tiplight.vllm_engine.VLLMEngine``.
@@ -119,11 +70,10 @@ class DistillModule(L.LightningModule):
         environment: multi-turn episodes with tools (any ``tiplight.envs.Environment``, with
             ``tiplight.envs.EpisodeDataModule`` as data): only the student's own tokens are scored, selected
             and trained; tool turns are context for both models.
-        planted_errors: dotted path of the world's planted-error mask, a function (prompt, completion
-            tokens) -> list[bool] (``tiplight.toy.planted.planted_error_mask`` for the overconfident toy
-            world); then each step logs how the kept set meets them (``planted/recall``, ``precision``,
-            ``share``; with ``stats_scope: batch``, as the kept quadrant shares). None: not logged.
     """
+
+    student: nn.Module | None  # loaded in configure_model
+    last_step: keep.StepRecord | None  # the last training step on this rank, for diagnostics
 
     def __init__(
         self,
@@ -131,63 +81,36 @@ class DistillModule(L.LightningModule):
         teacher: str | ServedTeacher | None = None,
         selector: Selector | None = None,
         tokenizer: str | None = None,
-        dtype: str = "float32",
-        teacher_dtype: str | None = None,
-        student_quantization: Quantization | None = None,
-        teacher_quantization: Quantization | None = None,
+        dtype: str = "float32", teacher_dtype: str | None = None,
+        student_quantization: Quantization | None = None, teacher_quantization: Quantization | None = None,
         lora: LoRA | None = None,
-        gradient_checkpointing: bool = False,
-        sampling: Sampling = DEFAULT_SAMPLING,
-        val_sampling: Sampling | None = None,
-        objective: Objective | None = None,
-        stats_scope: Literal["batch", "micro"] = "batch",
-        micro_batch_size: int | None = None,
-        chunk_size: int = 512,
+        sampling: Sampling = DEFAULT_SAMPLING, val_sampling: Sampling | None = None,
+        objective: Objective | None = None, stats_scope: Literal["batch", "micro"] = "batch",
         optimizer: OptimizerCallable = _adamw,
-        lr_schedule: Literal["cosine", "constant"] = "cosine",
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.0,
-        grad_clip: float | None = 1.0,
-        entropy_threshold: float | None = None,
-        divergence_threshold: float | None = None,
-        generation_batch_size: int = 64,
-        max_empty_steps: int = 20,
-        seed: int | None = None,
-        engine: RolloutEngine | None = None,
+        optimization: Optimization = Optimization(),
+        memory: Memory = Memory(), logging: Logging = Logging(),
+        seed: int | None = None, engine: RolloutEngine | None = None,
         allow_template_mismatch: bool = False,
         environment: Environment | None = None,
-        planted_errors: str | None = None,
     ):
         super().__init__()
-        for name, value in (("chunk_size", chunk_size), ("generation_batch_size", generation_batch_size),
-                            ("max_empty_steps", max_empty_steps)):
-            if value < 1:
-                raise ValueError(f"model.{name}={value} is not allowed; use an integer >= 1.")
-        if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"model.micro_batch_size={micro_batch_size} is not allowed; use >= 1 or null.")
-        if student_quantization is not None and lora is None:
-            raise ValueError("model.student_quantization is set but model.lora is not; a quantized student "
-                             "trains only through a LoRA adapter (QLoRA): set model.lora.")
+        startup.check_quantized_student(student_quantization, lora)
         served = isinstance(teacher, ServedTeacher)
-        ignored = ["selector", "objective", "optimizer", "engine", "environment"] + (["teacher"] if served else [])
-        self.save_hyperparameters(ignore=ignored)
+        self.save_hyperparameters(ignore=["selector", "objective", "optimizer", "engine", "environment",
+                                          *(["teacher"] if served else [])])
         self.served_teacher = teacher if served else None
         # under LightningCLI ``hparams`` holds these as plain dicts: the built objects are kept here
         self.lora, self.student_quantization, self.teacher_quantization = lora, student_quantization, teacher_quantization
+        self.optimization, self.memory, self.logging = optimization, memory, logging
         self.seed = resolve_seed(seed)
         self.selector = selector if selector is not None else AllTokens()
         self.objective = objective if objective is not None else ReverseKL()
-        self.optimizer_factory = optimizer
-        self.sampling = sampling
-        self.val_sampling = val_sampling or sampling
+        self.optimizer_factory, self.environment = optimizer, environment
+        self.sampling, self.val_sampling = sampling, val_sampling or sampling
         self.engine: RolloutEngine = engine if engine is not None else HFGenerate()
-        self.environment = environment
-        self.planted_mask = load_planted_mask(planted_errors) if planted_errors is not None else None
+        self.planted_mask = load_planted_mask(logging.planted_errors) if logging.planted_errors is not None else None
         self.automatic_optimization = False
-        self.student: nn.Module | None = None
-        self.tokenizer = None
-        self.vocab_size = 0
-        self.last_step: StepRecord | None = None
+        self.student, self.tokenizer, self.vocab_size, self.last_step = None, None, 0, None
         self.next_batch = 0  # the data position: the next training batch (saved in checkpoints)
         self.empty_steps = 0  # consecutive steps that kept no token
         self.resumed_optimizer: str | None = None  # the optimizer class of the checkpoint resumed from
@@ -216,65 +139,20 @@ class DistillModule(L.LightningModule):
         return self._trainer is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
     def configure_model(self) -> None:
-        if self.student is not None:
-            return
-        hp = self.hparams
-        self.tokenizer = load_tokenizer(self.tokenizer_source, self.tokenizer_field)
-        device = self.trainer.strategy.root_device if self._trainer is not None else None
-        student = load_student(ModelSource(resolve(hp.student), hp.dtype, self.student_quantization), self.lora,
-                               seed=self.seed, gradient_checkpointing=hp.gradient_checkpointing, device=device)
-        models = [student]
-        if self.served_teacher is not None:
-            self.vocab_size = vocab_size(self.tokenizer, student)
-            self.served_teacher.connect(self.tokenizer, self.vocab_size, device, hp.allow_template_mismatch)
-            self.__dict__["_teacher"] = self.served_teacher
-        elif hp.get("teacher") is not None:
-            teacher_tokenizer = check_teacher_tokenizer(self.tokenizer, resolve(hp.teacher), self.tokenizer_field)
-            teacher_source = ModelSource(resolve(hp.teacher), hp.teacher_dtype or hp.dtype, self.teacher_quantization)
-            teacher = freeze(load_model(teacher_source, "model.teacher", device))
-            if teacher_tokenizer is not None:
-                check_chat_format((self.tokenizer, eos_token_ids(self.tokenizer, student)),
-                                  (teacher_tokenizer, eos_token_ids(teacher_tokenizer, teacher)),
-                                  self.tokenizer_field, hp.allow_template_mismatch)
-            self.__dict__["_teacher"] = teacher
-            models.append(teacher)
-        self.vocab_size = vocab_size(self.tokenizer, *models)
-        self.student = student.train()  # from_pretrained returns eval mode; LoRA/dropout must train
-        parallelize(self, student, None if self.served_teacher is not None else self.teacher)
+        """Load the tokenizer and models once (``tiplight.startup.load_models``), then shard them."""
+        if self.student is None:
+            startup.load_models(self)
 
     def on_fit_start(self) -> None:
-        check_resumed_optimizer(self.resumed_optimizer, self.trainer.optimizers)
-        if self.teacher is None:
-            raise ValueError("model.teacher is not set; `fit` distils from a teacher: give its hub id or directory.")
-        if self.hparams.lr_schedule == "cosine" and self.trainer.max_steps < 1:
-            raise ValueError("trainer.max_steps is not set; the cosine LR schedule needs it (or use "
-                             "model.lr_schedule: constant).")
-        if self.environment is not None and not isinstance(self.trainer.datamodule, EpisodeDataModule):
-            raise ValueError(f"model.environment is set but data is {type(self.trainer.datamodule).__name__}; "
-                             "episodes need data: tiplight.envs.EpisodeDataModule (or drop model.environment).")
-        if self.served_teacher is not None:  # +1: vLLM answers prompt log-probabilities with one new token
-            self.served_teacher.check_length(*self.longest_sequence())
+        startup.check_fit(self)
 
     def teardown(self, stage: str) -> None:
         if self.served_teacher is not None:  # no request threads outlive the run (a later call starts new ones)
             self.served_teacher.close()
 
-    def longest_sequence(self) -> tuple[int, str]:
-        """The most tokens a served teacher is asked to score (+1, the token vLLM adds), and where it is set."""
-        if self.environment is not None:
-            return self.environment.max_tokens + 1, "model.environment.init_args.max_tokens + 1"
-        prompt = getattr(getattr(self.trainer.datamodule, "hparams", None), "max_prompt_tokens", 0)
-        field = "val_sampling" if self.val_sampling.max_new_tokens > self.sampling.max_new_tokens else "sampling"
-        new = getattr(self, field).max_new_tokens
-        return prompt + new + 1, f"data.max_prompt_tokens + model.{field}.max_new_tokens + 1"
-
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.optimizer_factory, [p for p in self.student.parameters() if p.requires_grad])
-        hp = self.hparams
-        factor = partial(lr_factor, schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
-                         total_steps=max(self.trainer.max_steps, 1), min_lr_ratio=hp.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return optimizer_and_schedule(self.optimizer_factory, params, self.optimization, self.trainer.max_steps)
 
     # --- the algorithm ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -297,11 +175,12 @@ class DistillModule(L.LightningModule):
         with self.timer("select"):
             stats, weights, rows = self.select(parts, batch["batch_index"], batch["keys"])
         width = rollout.completion_mask.shape[1]
-        self.last_step = StepRecord(rollout, stats.rows(rows, width), torch.cat([pad_right(w, width) for w in weights]))
+        local_weights = torch.cat([pad_right(w, width) for w in weights])  # [R_local, C]
+        self.last_step = keep.StepRecord(rollout, stats.rows(rows, width), local_weights)
         with self.timer("update"):
             loss, kept_fraction = self.update(parts, weights)
         self.log_step(stats, weights, loss, kept_fraction)
-        self.log_sampler_gap(parts)
+        step_log.log_sampler_gap(self, parts)
         if self.served_teacher is not None:  # this rank's requests and bytes received this step
             self.log_dict(self.served_teacher.traffic(), on_step=True, sync_dist=False)
 
@@ -310,7 +189,7 @@ class DistillModule(L.LightningModule):
         run's seed unless given, as evaluations give their own)."""
         seed = self.seed if seed is None else seed
         options = dict(sampling=sampling, seed=seed, vocab_size=self.vocab_size,
-                       batch_size=self.hparams.generation_batch_size, synced=self.sharded)
+                       batch_size=self.memory.generation_batch_size, synced=self.sharded)
         if "problems" in batch:  # an episode batch (EpisodeDataModule): multi-turn, tool turns as context
             return sample_episodes(self.engine, self.student, self.tokenizer, self.environment, batch,
                                    **options).to_rollout()
@@ -318,89 +197,25 @@ class DistillModule(L.LightningModule):
 
     def single_pass(self, rollout: Rollout) -> bool:
         """Whether scoring and update can share one student forward (one micro-batch, grad enabled)."""
-        size = self.hparams.micro_batch_size
+        size = self.memory.micro_batch_size
         return torch.is_grad_enabled() and (size is None or size >= len(rollout.input_ids))
 
     def score(self, rollout: Rollout, keep_graph: bool = False) -> list[ScoredPart]:
         """Teacher and student forward per micro-batch; chunked no-grad statistics at valid positions."""
         return score(self.student, self.teacher, rollout, keep_graph=keep_graph, vocab_size=self.vocab_size,
-                     micro_batch_size=self.hparams.micro_batch_size or len(rollout.input_ids),
-                     chunk_size=self.hparams.chunk_size, objective=self.objective)
+                     micro_batch_size=self.memory.micro_batch_size or len(rollout.input_ids),
+                     chunk_size=self.memory.chunk_size, objective=self.objective)
 
     def select(self, parts: list[ScoredPart], batch_index: int,
                keys: torch.Tensor) -> tuple[TokenStats, list[torch.Tensor], slice]:
-        """Normalise over the stats scope and select (``keys`` ``[R]``: the rollout keys of the parts' rows).
-
-        Returns the scope's stats (the whole step's, gathered over ranks, in ``batch`` scope), per-part
-        float weights (0 = not kept) and the rows of the stats that are this rank's rollouts."""
-        device = parts[0].raw.entropy.device
-        generator = torch.Generator(device=device).manual_seed(self.step_seed(batch_index))
-        if self.hparams.stats_scope == "micro":  # a micro-batch draws from (step seed, its first key) alone
-            firsts = [int(k[0]) for k in keys.split([len(p.raw.entropy) for p in parts])]
-            seeds = [derived_seed(self.step_seed(batch_index), key) for key in firsts]
-            picked = [self._select(p.raw, p.rollout.completion_mask, torch.Generator(device).manual_seed(seed))
-                      for p, seed in zip(parts, seeds)]
-            stats = TokenStats.cat([s for s, _ in picked])
-            return stats, [w for _, w in picked], slice(0, len(stats.valid))
-        raw = RawStats.cat([p.raw for p in parts])
-        masks = [p.rollout.completion_mask for p in parts]
-        valid = RawStats.cat([RawStats(m, m, m) for m in masks]).entropy.bool()
-        (entropy, rkl, fkl, valid), rows = all_gather_rows(self, [raw.entropy, raw.rkl, raw.fkl, valid])
-        stats, weights = self._select(RawStats(entropy, rkl, fkl), valid, generator)
-        local = weights[rows].split([len(m) for m in masks])
-        return stats, [w[:, : m.shape[1]] for w, m in zip(local, masks)], rows
-
-    def _select(self, raw: RawStats, valid: torch.Tensor, generator: torch.Generator):
-        stats = TokenStats.from_raw(raw.entropy, raw.rkl, raw.fkl, valid)
-        return stats, selector_weights(self.selector, stats, generator)
+        """Normalise over the stats scope and select (``tiplight.keep.select``)."""
+        return keep.select(self, self.selector, self.hparams.stats_scope, parts, self.step_seed(batch_index), keys)
 
     def update(self, parts: list[ScoredPart], weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss at kept positions, backward per micro-batch, one optimizer step.
+        """Loss at kept positions, backward per micro-batch, one optimizer step (``tiplight.update.update_step``).
 
         Returns the step's loss and the fraction of valid tokens kept, both over all ranks."""
-        kept = sum((w > 0).sum() for w in weights).float()
-        valid = sum(p.rollout.completion_mask.sum() for p in parts).float()
-        kept, valid = sum_over_ranks(self, torch.stack([kept, valid]))
-        if kept == 0:
-            self.skip_empty_step()
-            return torch.tensor(float("nan")), kept
-        self.empty_steps = 0
-        optimizer = self.optimizers()
-        optimizer.zero_grad()
-        total = torch.zeros((), device=self.device)
-        for i, (part, w) in enumerate(zip(parts, weights)):
-            with no_sync(self.trainer, skip=i < len(parts) - 1):
-                loss_sum = self.loss_sum(part, w)
-                self.manual_backward(loss_sum)
-            total += loss_sum.detach()
-        denominator = kept if self.objective.denominator == "kept" else valid
-        loss = sum_over_ranks(self, total) / denominator
-        self.check_finite_loss(loss)
-        scale_gradients(self.student, self.trainer.world_size / denominator)
-        if self.hparams.grad_clip is not None:
-            clip_grad_norm(self, optimizer, self.hparams.grad_clip)
-        optimizer.step()
-        self.engine.weights_updated()
-        self.lr_schedulers().step()
-        return loss, kept / valid
-
-    def check_finite_loss(self, loss: torch.Tensor) -> None:
-        """Stop before the optimizer step of a non-finite loss (the same on every rank): the weights or the
-        rollouts hold NaN or inf, and every later step and the export would carry them."""
-        if not torch.isfinite(loss):
-            raise ValueError(f"the training loss is {loss.item()} at step {self.trainer.global_step + 1} (the "
-                             "student's weights or rollouts hold NaN or inf, e.g. after too high a learning "
-                             "rate); the run stops before that optimizer step and the student is not exported.")
-
-    def skip_empty_step(self) -> None:
-        """A step that kept no token on any rank is skipped; too many in a row end the run."""
-        self.empty_steps += 1
-        if self.empty_steps >= self.hparams.max_empty_steps:
-            raise ValueError(f"no token was kept in {self.empty_steps} consecutive steps "
-                             f"(model.max_empty_steps={self.hparams.max_empty_steps}): model.selector "
-                             f"{type(self.selector).__name__} keeps nothing on these rollouts; change its "
-                             "settings (retain, thresholds).")
-        warnings.warn("no token was kept on any rank this step; the step is skipped.", stacklevel=2)
+        return update_step(self, parts, weights)
 
     def loss_sum(self, part: ScoredPart, weights: torch.Tensor) -> torch.Tensor:
         """Weighted loss summed over this micro-batch's kept positions (student lm_head with grad)."""
@@ -412,62 +227,22 @@ class DistillModule(L.LightningModule):
                 hidden = completion_hidden(self.student, mb.input_ids, mb.attention_mask, mb.prompt_length)
         return selected_loss_sum(hidden[mask], part.teacher_hidden[mask], weights[mask],
                                  self.student.get_output_embeddings(), self.teacher.get_output_embeddings(),
-                                 self.objective, self.vocab_size, self.hparams.chunk_size,
+                                 self.objective, self.vocab_size, self.memory.chunk_size,
                                  part.token_loss.at(mask) if part.token_loss is not None else None,
                                  part.context.at(mask) if part.context is not None else None)
 
-    # --- logging --------------------------------------------------------------------------------------
-    @contextmanager
-    def timer(self, name: str) -> Iterator[None]:
+    # --- logging (tiplight.step_log) ----------------------------------------------------------------------
+    def timer(self, name: str) -> AbstractContextManager[None]:
         """Log the wall time of the block as ``time/<name>`` (synchronised on CUDA)."""
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else lambda: None
-        sync()
-        start = time.perf_counter()
-        yield
-        sync()
-        self.log(f"time/{name}", time.perf_counter() - start, on_step=True, reduce_fx="max", sync_dist=False)
+        return step_log.timer(self, name)
 
     def log_step(self, stats: TokenStats, weights: list[torch.Tensor], loss: torch.Tensor,
                  kept_fraction: torch.Tensor) -> None:
-        keep = self.global_keep(weights, stats.valid) if self.hparams.stats_scope == "batch" else None
-        planted = self.global_planted(self.last_step.rollout, stats.valid) if keep is not None else None
-        metrics = step_metrics(stats, keep, self.hparams.entropy_threshold, self.hparams.divergence_threshold,
-                               planted)
-        metrics.update({"train/loss": loss, "train/kept_fraction": kept_fraction,
-                        "cost/head_flops": self.head_flops(weights),
-                        "lr": self.lr_schedulers().get_last_lr()[0]})
-        self.log_dict(metrics, on_step=True, prog_bar=False)
-        self.log_dict({"loss": loss, "kept": kept_fraction}, prog_bar=True, logger=False)
-
-    def log_sampler_gap(self, parts: list[ScoredPart]) -> None:
-        """``train/sampler_logprob_gap``: mean ``|log P_S - log P_sampler|`` over the step's valid tokens
-        on all ranks, when the rollout carries the sampler's log-probabilities."""
-        gap = sampler_logprob_gap(parts)
-        if gap is not None:
-            total, count = sum_over_ranks(self, gap)
-            self.log("train/sampler_logprob_gap", total / count.clamp(min=1), on_step=True)
+        step_log.log_step(self, stats, weights, loss, kept_fraction)
 
     def global_keep(self, weights: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
         """The whole step's keep mask ``[R_global, C]`` (gathered when distributed)."""
-        local = torch.cat([pad_right(w, valid.shape[1]) for w in weights]) > 0
-        (gathered,), _ = all_gather_rows(self, [local])
-        return gathered[:, : valid.shape[1]]
-
-    def head_flops(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        """The update's kept-token head FLOPs over all ranks: 6 d V per kept token (the student lm_head's
-        forward, 2 d V, and backward, 4 d V), the part of the update whose cost the selector sets (the
-        backbone's backward runs over every position whatever is kept)."""
-        kept = sum_over_ranks(self, sum((w > 0).sum() for w in weights).double())
-        return 6 * self.student.get_output_embeddings().weight.shape[-1] * self.vocab_size * kept
-
-    def global_planted(self, rollout: Rollout, valid: torch.Tensor) -> torch.Tensor | None:
-        """The whole step's planted-error positions ``[R_global, C]`` (rows as ``global_keep``'s); None
-        unless ``model.planted_errors`` names the world's mask."""
-        if self.planted_mask is None:
-            return None
-        local = rollout_planted(self.planted_mask, self.tokenizer, rollout)  # [R, C]
-        (gathered,), _ = all_gather_rows(self, [pad_right(local, valid.shape[1])])
-        return gathered[:, : valid.shape[1]]
+        return keep.global_keep(self, weights, valid.shape[1])
 
     # --- validation: the OPD loss on held-out prompts -----------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -493,12 +268,7 @@ class DistillModule(L.LightningModule):
                                   "optimizer": optimizer_name(self.trainer.optimizers)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        bad = non_finite(checkpoint.get("state_dict", {}).items())
-        if bad is not None:
-            raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
-                             "(an earlier one, or interrupted.ckpt).")
-        self.next_batch = checkpoint.get("tiplight", {}).get("next_batch", 0)
-        self.resumed_optimizer = checkpoint.get("tiplight", {}).get("optimizer")
+        self.next_batch, self.resumed_optimizer = loop_state(checkpoint)
         self.engine.weights_updated()  # the student is about to get the checkpoint's weights
 
     def export(self, out: str, merge: bool = True, write: bool = True) -> str:

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
+
+from tiplight.args import Optimization
+from tiplight.schedule import lr_factor
 
 # torch's own messages (``Invalid learning rate: -1.0``) -> the init_args key they are about
 _FIELDS = {"learning rate": "lr", "weight_decay": "weight_decay", "epsilon": "eps", "beta": "betas",
@@ -22,6 +27,16 @@ def build_optimizer(factory: Callable[[Iterable[torch.nn.Parameter]], torch.opti
         found = re.search(r"Invalid (learning rate|weight_decay|epsilon|beta|momentum|rho|lr_decay)", str(error))
         key = f".{_FIELDS[found.group(1)]}" if found else ""
         raise ValueError(f"model.optimizer.init_args{key} is not allowed: {error} (from {_class_of(factory)}).") from None
+
+
+def optimizer_and_schedule(factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer],
+                           params: list[torch.nn.Parameter], options: Optimization, max_steps: int) -> dict[str, Any]:
+    """Lightning's ``configure_optimizers`` answer: the optimizer and its per-step LR schedule."""
+    optimizer = build_optimizer(factory, params)
+    factor = partial(lr_factor, schedule=options.lr_schedule, warmup_steps=options.warmup_steps,
+                     total_steps=max(max_steps, 1), min_lr_ratio=options.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def _class_of(factory: object) -> str:

@@ -2,7 +2,7 @@
 
 A world with planted errors (the overconfident toy world, ``tiplight.toy.planted``) provides a
 *planted-error mask*: a function ``(prompt, completion tokens as text) -> one bool per token`` that is
-True where the student was taught a wrong rule. ``model.planted_errors`` names it by dotted path; the
+True where the student was taught a wrong rule. ``model.logging.planted_errors`` names it by dotted path; the
 module then logs ``planted/*`` each step (``selection.planted_recall``) and ``tiplight analyze
 --planted`` reports the same on saved rollouts. Without it nothing here runs.
 """
@@ -20,7 +20,7 @@ from tiplight.rollout import Rollout
 PlantedMask = Callable[[str, list[str]], list[bool]]
 
 
-def load_planted_mask(path: str, option: str = "model.planted_errors") -> PlantedMask:
+def load_planted_mask(path: str, option: str = "model.logging.planted_errors") -> PlantedMask:
     """The function at dotted ``path`` (``tiplight.toy.planted.planted_error_mask``); one sentence if not."""
     module, _, name = path.rpartition(".")
     try:

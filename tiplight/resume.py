@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,27 @@ def differences(given: dict[str, Any], saved: dict[str, Any]) -> dict[str, tuple
         elif mine != value:
             out[key] = (mine, value)
     return out
+
+
+def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or inf (this rank's shard of a DTensor);
+    None when every one is finite."""
+    for name, tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        if isinstance(local, torch.Tensor) and local.is_floating_point() and not torch.isfinite(local).all():
+            return name
+    return None
+
+
+def loop_state(checkpoint: dict[str, Any]) -> tuple[int, str | None]:
+    """The loop's state a checkpoint holds (the next training batch, the optimizer class), after refusing
+    one whose weights hold NaN or inf."""
+    bad = non_finite(checkpoint.get("state_dict", {}).items())
+    if bad is not None:
+        raise ValueError(f"the checkpoint's weight {bad} holds NaN or inf; resume from another checkpoint "
+                         "(an earlier one, or interrupted.ckpt).")
+    state = checkpoint.get("tiplight", {})
+    return state.get("next_batch", 0), state.get("optimizer")
 
 
 def check_intact(path: str) -> None:

@@ -47,8 +47,8 @@ class TipDiagnostics(L.Callback):
         record = getattr(pl_module, "last_step", None)
         if record is None or step % self.every_n_steps or not trainer.is_global_zero:
             return
-        thresholds = {"entropy_threshold": pl_module.hparams.get("entropy_threshold"),
-                      "divergence_threshold": pl_module.hparams.get("divergence_threshold")}
+        thresholds = {"entropy_threshold": pl_module.logging.entropy_threshold,
+                      "divergence_threshold": pl_module.logging.divergence_threshold}
         scored = from_step(record, pl_module.tokenizer, self.max_rollouts, repr(pl_module.selector), step)
         out = self.directory(trainer)
         if self.save_jsonl:
