@@ -9,9 +9,10 @@ from typing import Literal
 import lightning as L
 import torch
 
+from tiplight.padding import pad_right
 from tiplight.parallel import all_gather_rows
 from tiplight.passes import ScoredPart
-from tiplight.rollout import Rollout, pad_right
+from tiplight.rollout import Rollout
 from tiplight.seeding import derived_seed
 from tiplight.selection import Selector, TokenStats
 from tiplight.selection.base import selector_weights

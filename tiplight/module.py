@@ -18,12 +18,13 @@ from tiplight.models import LoRA, Quantization, export_student
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import Objective, ReverseKL
 from tiplight.optimizers import optimizer_and_schedule, optimizer_name
+from tiplight.padding import pad_right
 from tiplight.parallel import sum_over_ranks
 from tiplight.passes import ScoredPart, sample, score
 from tiplight.planted import load_planted_mask
 from tiplight.resume import loop_state, non_finite
-from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling, pad_right
-from tiplight.seeding import resolve_seed
+from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling
+from tiplight.seeding import mixed_seed, resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
 from tiplight.stats import completion_hidden, replay_rng
@@ -164,7 +165,7 @@ class DistillModule(L.LightningModule):
         self.next_batch = batch["batch_index"] + 1
 
     def step_seed(self, batch_index: int) -> int:
-        return (self.seed * 1_000_003 + batch_index) % 2**63
+        return mixed_seed(self.seed, batch_index)
 
     def distill(self, batch: dict[str, Any]) -> None:
         """One on-policy step: rollout, score, select, update, log."""
