@@ -200,6 +200,9 @@ class CounterSampler(LogitsProcessor):
         else:
             position = input_ids.shape[1] - self.prompt_length
             choice = inverse_cdf_sample(filter_logits(scores, self.sampling), self.uniforms[:, position])
+        # non-finite logits (a diverged student) make searchsorted return V: keep ids below V (the loss
+        # check then stops the run with one sentence)
+        choice = choice.clamp(max=scores.shape[-1] - 1)
         self.logprobs.append(scores.float().log_softmax(-1).gather(1, choice[:, None])[:, 0])
         return out.scatter(1, choice[:, None], 0.0)
 
