@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
-from tiplight.stats import position_ids
+from tiplight.chunked_stats import position_ids
 
 STEP_PATHS = ("/v1/completions", "/pooling")
 

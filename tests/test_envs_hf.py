@@ -12,10 +12,10 @@ from agent_fixtures import EOS, PAD, VOCAB, EveryTurnTool, tool_model, tool_toke
 from engines import ENGINES, make_engine
 from transformers import AutoModelForCausalLM
 
+from tiplight.chunked_stats import completion_hidden
 from tiplight.envs import engine_turns, run_episodes, turn_keys
 from tiplight.passes import score
 from tiplight.rollout import Sampling
-from tiplight.stats import completion_hidden
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from torch.overrides import TorchFunctionMode
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tiplight import losses
+from tiplight.chunked_stats import completion_hidden, position_ids, token_stats_and_loss
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import ReverseKL
-from tiplight.stats import completion_hidden, position_ids, token_stats_and_loss
 
 R, P, C, V, CHUNK = 3, 4, 12, 512, 5
 

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from tiplight import losses
+from tiplight.chunked_stats import token_stats_and_loss
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import JSD, ForwardKL, ReverseKL
-from tiplight.stats import token_stats_and_loss
 
 R, C, D, DT, V_MODEL, V = 3, 9, 8, 12, 40, 37
 OBJECTIVES = {"reverse_kl": ReverseKL(), "forward_kl": ForwardKL(), "jsd": JSD(0.3)}

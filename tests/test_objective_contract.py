@@ -12,6 +12,7 @@ from helpers import make_data, make_module, make_trainer
 from torch import nn
 
 from tiplight.args import Memory, Optimization
+from tiplight.chunked_stats import token_stats_and_loss
 from tiplight.models import LoRA
 from tiplight.objective import selected_loss_sum
 from tiplight.objectives import (
@@ -28,7 +29,6 @@ from tiplight.objectives import (
 from tiplight.passes import token_context
 from tiplight.rollout import Rollout
 from tiplight.selection import SoftOrTopK
-from tiplight.stats import token_stats_and_loss
 
 R, C, P, D, DT, V_MODEL, V = 3, 9, 2, 8, 12, 40, 37
 CASES = {  # id -> objective; every registered class has at least one

@@ -10,7 +10,7 @@ import torch
 
 from tiplight.planted import load_planted_mask
 from tiplight.selection import TokenStats, planted_recall
-from tiplight.stats import step_metrics
+from tiplight.step_log import step_metrics
 
 
 def _direct(planted: list[list[int]], keep: list[list[float]], valid: list[list[int]]) -> dict[str, float]:

@@ -114,7 +114,7 @@ def test_recomputed_micro_batches_replay_the_scored_dropout(tiny, prompts_file, 
             seen.append(out.detach().clone())
         return out
 
-    from tiplight.stats import completion_hidden
+    from tiplight.chunked_stats import completion_hidden
 
     module = make_module(tiny, selector=SoftOrTopK(0.5), lora=LoRA(r=4, alpha=8, dropout=0.5), memory=Memory(micro_batch_size=3))
     monkeypatch.setattr(tiplight.passes, "completion_hidden", recording)  # scoring

@@ -9,6 +9,7 @@ from typing import Literal
 import lightning as L
 import torch
 
+from tiplight.chunked_stats import RawStats
 from tiplight.padding import pad_right
 from tiplight.parallel import all_gather_rows
 from tiplight.passes import ScoredPart
@@ -16,7 +17,6 @@ from tiplight.rollout import Rollout
 from tiplight.seeding import derived_seed
 from tiplight.selection import Selector, TokenStats
 from tiplight.selection.base import selector_weights
-from tiplight.stats import RawStats
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Per-position divergences between student and teacher next-token distributions.
 
 Every function takes logits ``[N, V]`` (any float dtype), computes in float32 and returns ``[N]`` in nats.
-They are pure: no reduction, no masking, no chunking (see ``tiplight.stats`` for the chunked callers).
+They are pure: no reduction, no masking, no chunking (see ``tiplight.chunked_stats`` for the chunked callers).
 A ``-inf`` logit is a probability of 0, and 0 * log 0 counts as 0: where a logit is ``-inf``, the
 log-probabilities are clamped to the lowest float32 before any product, so no 0 * -inf turns into NaN
 (a KL that is truly infinite comes out as a huge finite number instead). ``reverse_kl_grad``,

@@ -12,6 +12,7 @@ from torch import nn
 
 from tiplight import generation, keep, startup, step_log
 from tiplight.args import Logging, Memory, Optimization
+from tiplight.chunked_stats import completion_hidden, replay_rng
 from tiplight.envs import Environment
 from tiplight.envs.training import sample_episodes
 from tiplight.models import LoRA, Quantization, export_student
@@ -27,7 +28,6 @@ from tiplight.rollout import HFGenerate, Rollout, RolloutEngine, Sampling
 from tiplight.seeding import mixed_seed, resolve_seed
 from tiplight.selection import AllTokens, Selector, TokenStats
 from tiplight.sources import resolve
-from tiplight.stats import completion_hidden, replay_rng
 from tiplight.teachers import ServedTeacher
 from tiplight.update import update_step
 

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tiplight.chunked_stats import TokenLoss
 from tiplight.heads import LinearHead, Workspace, chunk_logits, head_logits
 from tiplight.losses import divergences_and_grad
 from tiplight.objectives import Objective, TokenContext
-from tiplight.stats import TokenLoss
 
 
 class _Precomputed(torch.autograd.Function):

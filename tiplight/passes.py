@@ -14,10 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from tiplight.chunked_stats import (
+    RawStats,
+    RngState,
+    TokenLoss,
+    completion_hidden,
+    rng_state,
+    token_stats_and_loss,
+)
 from tiplight.objectives import Objective, TokenContext
 from tiplight.parallel import frozen_forward
 from tiplight.rollout import Rollout, RolloutEngine, Sampling, eos_token_ids
-from tiplight.stats import RawStats, RngState, TokenLoss, completion_hidden, rng_state, token_stats_and_loss
 from tiplight.teachers import ServedTeacher
 
 

@@ -15,8 +15,7 @@ from tiplight.parallel import sum_over_ranks
 from tiplight.passes import ScoredPart, sampler_logprob_gap
 from tiplight.planted import rollout_planted
 from tiplight.rollout import Rollout
-from tiplight.selection import TokenStats
-from tiplight.stats import step_metrics
+from tiplight.selection import TokenStats, planted_recall, quadrant_shares, quadrants
 
 
 @contextmanager
@@ -68,3 +67,26 @@ def global_planted(module: L.LightningModule, rollout: Rollout, width: int) -> t
         return None
     local = rollout_planted(module.planted_mask, module.tokenizer, rollout)  # [R, C]
     return keep.gather_rows(module, local, width)
+
+
+def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
+                 divergence_threshold: float | None = None,
+                 planted: torch.Tensor | None = None) -> dict[str, torch.Tensor | float]:
+    """A step's token metrics: mean entropy and KL(S||T) over valid tokens, mean completion length, and
+    TIP quadrant shares over all valid tokens (and over kept ones when ``keep`` ``[R, C]`` is given);
+    with the world's planted-error positions ``planted`` ``[R, C]`` and ``keep``, their recall
+    (``planted/recall``, ``planted/precision``, ``planted/share``: ``selection.planted_recall``)."""
+    valid = stats.valid
+    n_valid = valid.sum().clamp(min=1)
+    metrics: dict[str, torch.Tensor | float] = {
+        "train/entropy": (stats.entropy * valid).sum() / n_valid,
+        "train/rkl": (stats.rkl * valid).sum() / n_valid,
+        "train/completion_length": valid.sum(1).float().mean(),
+    }
+    ids = quadrants(stats, entropy_threshold, divergence_threshold)
+    for over, mask in (("all", valid), ("kept", keep)):
+        if mask is not None:
+            metrics.update({f"quadrant/{q}_{over}": share for q, share in quadrant_shares(ids, mask).items()})
+    if planted is not None and keep is not None:
+        metrics.update({f"planted/{k}": v for k, v in planted_recall(planted, keep, valid).items()})
+    return metrics

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tiplight.chunked_stats import RawStats
 from tiplight.data import Prompt, collate, encode_prompt, format_prompt
 from tiplight.diagnostics.table import Scored, decode_tokens
 from tiplight.models import ModelSource, check_tokenizers, load_model, load_tokenizer, vocab_size
@@ -24,7 +25,6 @@ from tiplight.passes import eval_mode, sample, score
 from tiplight.rollout import HFGenerate, Rollout, Sampling
 from tiplight.selection import TokenStats
 from tiplight.sources import resolve
-from tiplight.stats import RawStats
 
 ModelLike = nn.Module | str | Path
 

@@ -21,7 +21,6 @@ from tiplight import losses
 from tiplight.heads import LinearHead, Workspace, chunk_logits
 from tiplight.objectives import Objective
 from tiplight.padding import pad_right
-from tiplight.selection import TokenStats, planted_recall, quadrant_shares, quadrants
 
 
 @dataclass(frozen=True)
@@ -142,26 +141,3 @@ def _unpack(out: torch.Tensor, shape: torch.Size, vocab_size: int, logprobs: boo
     entropy, rkl, fkl, token_loss, logprob = out.view(5, *shape)
     raw = RawStats(entropy, rkl, fkl, logprob if logprobs else None)
     return raw, (TokenLoss(token_loss, grad_hidden) if loss else None)
-
-
-def step_metrics(stats: TokenStats, keep: torch.Tensor | None, entropy_threshold: float | None = None,
-                 divergence_threshold: float | None = None,
-                 planted: torch.Tensor | None = None) -> dict[str, torch.Tensor | float]:
-    """A step's token metrics: mean entropy and KL(S||T) over valid tokens, mean completion length, and
-    TIP quadrant shares over all valid tokens (and over kept ones when ``keep`` ``[R, C]`` is given);
-    with the world's planted-error positions ``planted`` ``[R, C]`` and ``keep``, their recall
-    (``planted/recall``, ``planted/precision``, ``planted/share``: ``selection.planted_recall``)."""
-    valid = stats.valid
-    n_valid = valid.sum().clamp(min=1)
-    metrics: dict[str, torch.Tensor | float] = {
-        "train/entropy": (stats.entropy * valid).sum() / n_valid,
-        "train/rkl": (stats.rkl * valid).sum() / n_valid,
-        "train/completion_length": valid.sum(1).float().mean(),
-    }
-    ids = quadrants(stats, entropy_threshold, divergence_threshold)
-    for over, mask in (("all", valid), ("kept", keep)):
-        if mask is not None:
-            metrics.update({f"quadrant/{q}_{over}": share for q, share in quadrant_shares(ids, mask).items()})
-    if planted is not None and keep is not None:
-        metrics.update({f"planted/{k}": v for k, v in planted_recall(planted, keep, valid).items()})
-    return metrics
